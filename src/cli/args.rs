@@ -1,0 +1,185 @@
+//! Command-line flags. Every flag has a `MODELCRYPT_*` variable (see `env.rs`), so a pod spec
+//! can configure the init container entirely through its environment.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{Parser, Subcommand};
+
+use crate::env::*;
+
+/// Pack, move and pull CNCF ModelPack model artifacts: streamed, verified, atomic.
+///
+/// References use skopeo's syntax: `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (or bare
+/// `HOST/REPO:TAG`) for a registry, `oci:DIR[:TAG]` for an OCI image layout on disk, and
+/// `dir:DIR` for skopeo's directory format.
+#[derive(Debug, Parser)]
+#[command(name = "modelcrypt", version, max_term_width = 100)]
+pub struct Args {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Use plain HTTP, not HTTPS, for registries (for a local test registry). Default: off.
+    #[arg(long, global = true, env = MODELCRYPT_PLAIN_HTTP, value_parser = BoolishValueParser::new())]
+    pub plain_http: bool,
+
+    /// Registry credentials file (Docker config.json or containers auth.json). Default:
+    /// `REGISTRY_AUTH_FILE`, then `$XDG_RUNTIME_DIR/containers/auth.json`, then
+    /// `~/.docker/config.json`.
+    #[arg(long, global = true, env = MODELCRYPT_AUTHFILE, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+
+    /// Log as JSON lines on stderr (for pods). Default: human-readable.
+    #[arg(long, global = true, env = MODELCRYPT_JSON_LOGS, value_parser = BoolishValueParser::new())]
+    pub json_logs: bool,
+
+    /// Log filter, e.g. `debug` or `modelcrypt=debug`. Default: `warn`, or `info` with
+    /// `--json-logs`.
+    #[arg(long, global = true, env = MODELCRYPT_LOG, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Never draw progress bars. Default: bars when stderr is a terminal.
+    #[arg(long, global = true, env = MODELCRYPT_NO_PROGRESS, value_parser = BoolishValueParser::new())]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack a model directory as a ModelPack artifact and push it.
+    ///
+    /// One layer per file, classified as modctl does (config, weights, code, docs), with the
+    /// `org.cncf.model.filepath` and `org.cncf.model.file.metadata+json` annotations. Hidden
+    /// files and directories (such as `.cache/` and `.gitattributes`) are skipped.
+    ///
+    /// Example: modelcrypt pack ./Qwen3-0.6B oci:/var/lib/models:qwen3
+    Pack(PackArgs),
+    /// Copy an artifact between registries, layouts and directories, unchanged.
+    ///
+    /// The manifest is copied byte for byte, so its digest stays the same.
+    Copy(CopyArgs),
+    /// Stream an artifact into a directory: the init container's job.
+    ///
+    /// Every layer is fetched concurrently, verified against its digest, and extracted safely
+    /// into a staging directory next to `--to`; only when every layer verified is the staging
+    /// directory renamed to `--to`, with a `.modelcrypt-complete` marker inside. A re-run for
+    /// the same manifest is a quick no-op; on any failure nothing is left at `--to`.
+    ///
+    /// Example: modelcrypt pull oci:/var/lib/models:qwen3 --to /models/qwen3
+    Pull(PullArgs),
+    /// Show an artifact's manifest, config and layers without fetching the layers.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PackArgs {
+    /// The model directory, e.g. a Hugging Face download.
+    pub model_dir: PathBuf,
+    /// Where to push: `docker://…`, `oci:DIR[:TAG]` or `dir:DIR`.
+    pub dest: String,
+    /// Pack each file as a one-file tar layer (`…v1.tar`) instead of raw bytes (`…v1.raw`).
+    /// Default: raw, like modctl.
+    #[arg(long, env = MODELCRYPT_TAR, value_parser = BoolishValueParser::new())]
+    pub tar: bool,
+    /// Reproducible output: no creation time, mtimes at the epoch, uid and gid 0, so the same
+    /// files always give the same manifest digest. Default: off.
+    #[arg(long, env = MODELCRYPT_REPRODUCIBLE, value_parser = BoolishValueParser::new())]
+    pub reproducible: bool,
+    /// The model's name in the config. Default: the directory's name.
+    #[arg(long, env = MODELCRYPT_NAME)]
+    pub name: Option<String>,
+    /// Layers hashed and uploaded at once. Default: 3.
+    #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// The artifact to copy.
+    pub src: String,
+    /// Where to copy it.
+    pub dest: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The artifact to pull, e.g. `docker://registry:5000/models/qwen3:v1` or
+    /// `oci:/layouts/models:qwen3`.
+    #[arg(env = MODELCRYPT_SOURCE)]
+    pub src: String,
+    /// The destination directory. It must not be a mount point: use a directory inside the
+    /// volume, such as `/models/qwen3`.
+    #[arg(long, env = MODELCRYPT_TO, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Layers fetched at once. Default: 4.
+    #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The artifact to inspect.
+    pub reference: String,
+    /// Print JSON (for scripts) instead of a table. Default: off.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("modelcrypt").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let a = parse(&["--plain-http", "pull", "oci:x", "--to", "/m"]);
+        assert!(a.global.plain_http);
+        let b = parse(&["pull", "oci:x", "--to", "/m", "--plain-http", "--json-logs"]);
+        assert!(b.global.plain_http && b.global.json_logs);
+    }
+
+    #[test]
+    fn pull_requires_a_destination_and_bounds_concurrency() {
+        assert!(Args::try_parse_from(["modelcrypt", "pull", "oci:x"]).is_err());
+        assert!(Args::try_parse_from([
+            "modelcrypt",
+            "pull",
+            "oci:x",
+            "--to",
+            "/m",
+            "--concurrency",
+            "0"
+        ])
+        .is_err());
+        let Command::Pull(p) = parse(&["pull", "oci:x", "--to", "/m"]).command else {
+            panic!()
+        };
+        assert_eq!(p.concurrency, 4);
+    }
+
+    #[test]
+    fn pack_flags_parse() {
+        let Command::Pack(p) = parse(&[
+            "pack",
+            "dir",
+            "oci:o:t",
+            "--tar",
+            "--reproducible",
+            "--name",
+            "q",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert!(p.tar && p.reproducible);
+        assert_eq!(p.name.as_deref(), Some("q"));
+    }
+}

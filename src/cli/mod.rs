@@ -1,0 +1,141 @@
+//! The command line: parse, set up logging, dispatch, and render errors with their causes and
+//! hints. The only module that writes to the terminal.
+
+pub mod args;
+mod cmd;
+mod reporter;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::error::Error;
+use crate::registry::RegistryOptions;
+use args::{Args, Command, GlobalArgs};
+
+/// Entry point of the binary.
+pub fn run() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = dispatch(args) => r,
+            s = shutdown_signal() => Err(Error::Signal(s)),
+        }
+    });
+    // Dropping the runtime here would wait for blocking workers; a failed or interrupted run
+    // has already cleaned up, so do not let a stuck network read hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            render_error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn dispatch(args: Args) -> Result<(), Error> {
+    let g = &args.global;
+    let ctx = Context {
+        registry: RegistryOptions {
+            plain_http: g.plain_http,
+            authfile: g.authfile.clone(),
+        },
+        progress: !g.no_progress && !g.json_logs && std::io::stderr().is_terminal(),
+        json: g.json_logs,
+    };
+    match args.command {
+        Command::Pack(a) => cmd::pack::run(&ctx, a).await,
+        Command::Copy(a) => cmd::copy::run(&ctx, a).await,
+        Command::Pull(a) => cmd::pull::run(&ctx, a).await,
+        Command::Inspect(a) => cmd::inspect::run(&ctx, a).await,
+    }
+}
+
+/// What every command needs from the global flags.
+pub(crate) struct Context {
+    pub registry: RegistryOptions,
+    pub progress: bool,
+    pub json: bool,
+}
+
+impl Context {
+    /// A one-line result for humans on stderr, or an `info` event in JSON mode.
+    pub fn summary(&self, line: &str) {
+        if self.json {
+            tracing::info!(summary = line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn init_logging(g: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = if g.json_logs { "info" } else { "warn" };
+    let filter = EnvFilter::try_new(g.log.as_deref().unwrap_or(default))
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if g.json_logs {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_target(false).without_time().init();
+    }
+}
+
+/// `error: …`, one `caused by: …` per source, then hints.
+fn render_error(e: &Error) {
+    let mut out = std::io::stderr().lock();
+    let _ = writeln!(out, "error: {e}");
+    let mut cur = std::error::Error::source(e);
+    let mut last = e.to_string();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        // `#[error(transparent)]` layers repeat their inner message; print it once.
+        if text != last {
+            let _ = writeln!(out, "  caused by: {text}");
+        }
+        last = text;
+        cur = s.source();
+    }
+    for hint in e.hints() {
+        let _ = writeln!(out, "\nhint: {hint}");
+    }
+}
+
+/// Bytes as MB (10^6), the unit the benchmarks quote.
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}

@@ -1,0 +1,115 @@
+//! The top-level error: one `#[from]` per module, the hints shown under it, and the exit code.
+
+use crate::extract::staging::StagingError;
+use crate::extract::ExtractError;
+use crate::pack::PackError;
+use crate::pull::{LayerError, PullError};
+use crate::reference::ReferenceError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("cannot write `{path}`")]
+    Output {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted by {0}")]
+    Signal(&'static str),
+}
+
+impl Error {
+    /// Exit status: 2 for bad input on the command line, 1 for everything else. 0 is only
+    /// ever returned when every layer verified.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Reference(_) => 2,
+            Error::Signal(_) => 130,
+            _ => 1,
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn hints(&self) -> Vec<String> {
+        let mut hints = Vec::new();
+        let text = chain_text(self);
+        if text.contains("http: server gave HTTP response to HTTPS client")
+            || text.contains("InvalidContentType")
+            || text.contains("invalid HTTP version")
+            || (text.contains("https://127.") || text.contains("https://localhost"))
+        {
+            hints.push(
+                "for a registry without TLS, such as a local test registry, add `--plain-http`"
+                    .into(),
+            );
+        }
+        if text.contains("401") || text.contains("Unauthorized") || text.contains("UNAUTHORIZED") {
+            hints.push(
+                "log in with `skopeo login` or `docker login`, or point `--authfile` / `REGISTRY_AUTH_FILE` at an auth.json".into(),
+            );
+        }
+        match self {
+            Error::Pull(PullError::Layer { source, .. }) => match source {
+                LayerError::Encrypted => hints.push(
+                    "this artifact is encrypted (ocicrypt); decryption keys are not supported by this build yet".into(),
+                ),
+                LayerError::Mismatch(_) => hints.push(
+                    "the bytes received are not the bytes the manifest pins; nothing was written to the destination. \
+                     Retry; if it persists, the stored blob is corrupt or was tampered with"
+                        .into(),
+                ),
+                LayerError::Extract(e) if e.is_no_space() => hints.push(
+                    "the destination file system is full; give the volume at least the model's size \
+                     (`modelcrypt inspect` shows it) plus some headroom"
+                        .into(),
+                ),
+                LayerError::Extract(
+                    ExtractError::UnsafePath { .. }
+                    | ExtractError::LinkEscapes { .. }
+                    | ExtractError::ThroughNonDirectory { .. }
+                    | ExtractError::SpecialFile { .. }
+                    | ExtractError::SetId { .. }
+                    | ExtractError::BadHardlink { .. },
+                ) => hints.push(
+                    "the artifact is malformed or hostile and was refused; nothing was written to the destination".into(),
+                ),
+                LayerError::MediaType(_) => {
+                    hints.push("`modelcrypt inspect` lists every layer and its media type".into())
+                }
+                _ => {}
+            },
+            Error::Pull(PullError::Staging(StagingError::MountPoint { .. })) => hints.push(
+                "point `--to` at a directory inside the volume, such as `/models/qwen`, not at the mount point itself".into(),
+            ),
+            Error::Pull(PullError::Staging(StagingError::Foreign { .. })) => {
+                hints.push("remove it, or choose another `--to` directory".into())
+            }
+            Error::Store(StoreError::Registry(RegistryError::AuthFile { .. })) => {
+                hints.push("fix or remove the file; it must be a Docker config.json or containers auth.json".into())
+            }
+            _ => {}
+        }
+        hints
+    }
+}
+
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push('\n');
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}

@@ -1,0 +1,384 @@
+//! Artifacts on disk: the OCI image layout (`oci:DIR[:TAG]`) and skopeo's `dir:` format.
+//!
+//! Both write blobs through a temporary file that is renamed into place only after its digest
+//! and size matched, so a crash or a bad source never leaves a wrong blob under a digest name.
+
+pub mod dir;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::digest::{Digest, Hasher, Mismatch};
+use crate::manifest::{Descriptor, MEDIA_TYPE_INDEX};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const LAYOUT_FILE: &str = "oci-layout";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("cannot access `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{path}` is not a valid `{what}`")]
+    Json {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("`{dir}` is not an OCI image layout (no `oci-layout` file)")]
+    NotALayout { dir: PathBuf },
+    #[error("no manifest tagged `{tag}` in `{dir}`; tags present: {present}")]
+    TagNotFound {
+        dir: PathBuf,
+        tag: String,
+        present: String,
+    },
+    #[error("`{dir}` holds {count} manifests; name one with `oci:{dir}:TAG` (tags: {present})")]
+    Ambiguous {
+        dir: PathBuf,
+        count: usize,
+        present: String,
+    },
+    #[error("`{dir}` holds no manifest")]
+    Empty { dir: PathBuf },
+    #[error("blob `{digest}` is missing from `{dir}`")]
+    MissingBlob { dir: PathBuf, digest: Digest },
+    #[error("blob `{digest}` written to `{dir}` does not match its descriptor: {mismatch}")]
+    Mismatch {
+        dir: PathBuf,
+        digest: Digest,
+        mismatch: Mismatch,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// An OCI image layout directory and the tag that selects a manifest in it.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    dir: PathBuf,
+    tag: Option<String>,
+}
+
+impl Layout {
+    pub fn new(dir: PathBuf, tag: Option<String>) -> Layout {
+        Layout { dir, tag }
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+
+    fn read_index(&self) -> Result<Index, LayoutError> {
+        if !self.dir.join(LAYOUT_FILE).is_file() {
+            return Err(LayoutError::NotALayout {
+                dir: self.dir.clone(),
+            });
+        }
+        let path = self.dir.join("index.json");
+        let raw = std::fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&raw).map_err(|source| LayoutError::Json {
+            path,
+            what: "index.json",
+            source,
+        })
+    }
+
+    /// Finds the manifest the tag names and returns its raw bytes and digest.
+    pub async fn manifest(&self) -> Result<(Vec<u8>, Digest), LayoutError> {
+        let index = self.read_index()?;
+        let tags = || {
+            let t: Vec<_> = index
+                .manifests
+                .iter()
+                .filter_map(|m| m.annotations.get(REF_NAME))
+                .map(|t| format!("`{t}`"))
+                .collect();
+            if t.is_empty() {
+                "none".to_string()
+            } else {
+                t.join(", ")
+            }
+        };
+        let entry = match &self.tag {
+            Some(tag) => index
+                .manifests
+                .iter()
+                .rev()
+                .find(|m| m.annotations.get(REF_NAME) == Some(tag))
+                .ok_or_else(|| LayoutError::TagNotFound {
+                    dir: self.dir.clone(),
+                    tag: tag.clone(),
+                    present: tags(),
+                })?,
+            None => match index.manifests.as_slice() {
+                [] => {
+                    return Err(LayoutError::Empty {
+                        dir: self.dir.clone(),
+                    })
+                }
+                [one] => one,
+                many => {
+                    return Err(LayoutError::Ambiguous {
+                        dir: self.dir.clone(),
+                        count: many.len(),
+                        present: tags(),
+                    })
+                }
+            },
+        };
+        let raw = self
+            .read_small_blob(&entry.digest, crate::manifest::MAX_MANIFEST_BYTES as u64)
+            .await?;
+        Ok((raw, entry.digest.clone()))
+    }
+
+    /// Reads a small blob whole (manifests, configs), bounded by `limit`.
+    pub async fn read_small_blob(
+        &self,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Vec<u8>, LayoutError> {
+        read_small(&self.dir, &self.blob_path(digest), digest, limit).await
+    }
+
+    pub async fn blob(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<crate::registry::BlobReader, LayoutError> {
+        open_blob(
+            &self.dir,
+            &self.blob_path(&desc.digest),
+            &desc.digest,
+            offset,
+        )
+        .await
+    }
+
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool, LayoutError> {
+        Ok(self.blob_path(digest).is_file())
+    }
+
+    pub async fn put_blob(
+        &self,
+        desc: &Descriptor,
+        reader: crate::registry::BlobReader,
+    ) -> Result<(), LayoutError> {
+        self.init()?;
+        let dest = self.blob_path(&desc.digest);
+        write_verified(&self.dir, &dest, desc, reader).await
+    }
+
+    /// Stores the manifest blob and points the tag at it in `index.json`.
+    pub async fn put_manifest(&self, raw: &[u8], media_type: &str) -> Result<Digest, LayoutError> {
+        self.init()?;
+        let digest = Digest::sha256(raw);
+        let mut desc = Descriptor::new(media_type, digest.clone(), raw.len() as u64);
+        self.put_blob(&desc, Box::pin(io::Cursor::new(raw.to_vec())))
+            .await?;
+        let mut index = self.read_index()?;
+        match &self.tag {
+            Some(tag) => {
+                index
+                    .manifests
+                    .retain(|m| m.annotations.get(REF_NAME) != Some(tag));
+                desc.annotations.insert(REF_NAME.into(), tag.clone());
+            }
+            None => index
+                .manifests
+                .retain(|m| m.digest != digest || m.annotations.contains_key(REF_NAME)),
+        }
+        index.manifests.push(desc);
+        index
+            .media_type
+            .get_or_insert_with(|| MEDIA_TYPE_INDEX.into());
+        let path = self.dir.join("index.json");
+        // INVARIANT: the index holds only strings, numbers and maps.
+        let bytes = serde_json::to_vec(&index).expect("index serializes");
+        write_atomic(&path, &bytes)?;
+        Ok(digest)
+    }
+
+    /// Creates the layout skeleton if the directory is new.
+    fn init(&self) -> Result<(), LayoutError> {
+        let blobs = self.dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        let marker = self.dir.join(LAYOUT_FILE);
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = self.dir.join("index.json");
+        if !index.exists() {
+            let empty =
+                format!(r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE_INDEX}","manifests":[]}}"#);
+            write_atomic(&index, empty.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn read_small(
+    dir: &Path,
+    path: &Path,
+    digest: &Digest,
+    limit: u64,
+) -> Result<Vec<u8>, LayoutError> {
+    let len = match tokio::fs::metadata(path).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LayoutError::MissingBlob {
+                dir: dir.to_path_buf(),
+                digest: digest.clone(),
+            })
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if len > limit {
+        return Err(LayoutError::Mismatch {
+            dir: dir.to_path_buf(),
+            digest: digest.clone(),
+            mismatch: Mismatch::Size {
+                expected: limit,
+                actual: len,
+            },
+        });
+    }
+    let raw = tokio::fs::read(path).await.map_err(io_err(path))?;
+    let actual = Digest::sha256(&raw);
+    if &actual != digest && digest.algorithm() == actual.algorithm() {
+        return Err(LayoutError::Mismatch {
+            dir: dir.to_path_buf(),
+            digest: digest.clone(),
+            mismatch: Mismatch::Digest {
+                expected: digest.clone(),
+                actual,
+            },
+        });
+    }
+    Ok(raw)
+}
+
+pub(crate) async fn open_blob(
+    dir: &Path,
+    path: &Path,
+    digest: &Digest,
+    offset: u64,
+) -> Result<crate::registry::BlobReader, LayoutError> {
+    use tokio::io::AsyncSeekExt;
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LayoutError::MissingBlob {
+                dir: dir.to_path_buf(),
+                digest: digest.clone(),
+            })
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if offset > 0 {
+        f.seek(io::SeekFrom::Start(offset))
+            .await
+            .map_err(io_err(path))?;
+    }
+    Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f)))
+}
+
+/// Copies `reader` into `dest` through a temporary file, checking size and digest first.
+pub(crate) async fn write_verified(
+    dir: &Path,
+    dest: &Path,
+    desc: &Descriptor,
+    mut reader: crate::registry::BlobReader,
+) -> Result<(), LayoutError> {
+    use tokio::io::AsyncReadExt;
+    let parent = dest.parent().unwrap_or(dir);
+    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), desc.digest.hex()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
+        let mut hasher = Hasher::new(desc.digest.algorithm());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|source| LayoutError::Io {
+                    path: dest.to_path_buf(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > desc.size {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await.map_err(io_err(&tmp))?;
+        }
+        file.flush().await.map_err(io_err(&tmp))?;
+        let mismatch = if total != desc.size {
+            Some(Mismatch::Size {
+                expected: desc.size,
+                actual: total,
+            })
+        } else {
+            let actual = hasher.finish();
+            (actual != desc.digest).then(|| Mismatch::Digest {
+                expected: desc.digest.clone(),
+                actual,
+            })
+        };
+        if let Some(mismatch) = mismatch {
+            return Err(LayoutError::Mismatch {
+                dir: dir.to_path_buf(),
+                digest: desc.digest.clone(),
+                mismatch,
+            });
+        }
+        tokio::fs::rename(&tmp, dest).await.map_err(io_err(dest))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

@@ -1,0 +1,170 @@
+//! One layer's adaptor stack, run on a blocking thread:
+//!
+//! ```text
+//! network ─▶ cancel/progress ─▶ VerifyingReader (size, digest) ─▶ [decrypt] ─▶ [gunzip|unzstd]
+//!         ─▶ raw file | untar ─▶ staging
+//! ```
+//!
+//! The verifier is drained to the end after extraction, so trailing bytes a tar reader or
+//! decompressor never asked for are still hashed.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::digest::{Verified, VerifyingReader};
+use crate::extract::{self, ExtractError, Extractor, FileAttrs, SafeRelPath, Written};
+use crate::manifest::Descriptor;
+use crate::modelpack::{Compression, FileMetadata, LayerFormat, Packing};
+
+use super::{LayerError, Reporter};
+
+/// What to do with one layer, decided (and checked) before any byte is fetched.
+#[derive(Clone, Debug)]
+pub struct LayerPlan {
+    pub index: usize,
+    pub desc: Descriptor,
+    pub target: Target,
+}
+
+/// How the layer's (decrypted) bytes become files.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One file at a checked path, with its attributes.
+    Raw(SafeRelPath, FileAttrs),
+    /// A tar archive, possibly compressed.
+    Tar(Compression),
+}
+
+impl LayerPlan {
+    pub fn new(index: usize, desc: &Descriptor) -> Result<LayerPlan, LayerError> {
+        let format = LayerFormat::of(&desc.media_type).map_err(LayerError::MediaType)?;
+        if format.encrypted {
+            return Err(LayerError::Encrypted);
+        }
+        if let Some(urls) = &desc.urls {
+            if !urls.is_empty() {
+                return Err(LayerError::ForeignUrls);
+            }
+        }
+        let target = match format.packing {
+            Packing::Tar(c) => Target::Tar(c),
+            Packing::Raw => {
+                let path = crate::modelpack::filepath(desc).ok_or(LayerError::NoFilepath)?;
+                let rel = SafeRelPath::new(path)?;
+                let meta = crate::modelpack::metadata(desc).map_err(LayerError::Metadata)?;
+                Target::Raw(rel, raw_attrs(meta.as_ref(), desc.size)?)
+            }
+        };
+        Ok(LayerPlan {
+            index,
+            desc: desc.clone(),
+            target,
+        })
+    }
+
+    /// A short name for messages: the file path if the layer has one.
+    pub fn label(&self) -> String {
+        match crate::modelpack::filepath(&self.desc) {
+            Some(p) => format!("`{}` ({})", p, self.desc.digest),
+            None => format!("#{} ({})", self.index, self.desc.digest),
+        }
+    }
+}
+
+fn raw_attrs(meta: Option<&FileMetadata>, blob_size: u64) -> Result<FileAttrs, LayerError> {
+    let Some(m) = meta else {
+        return Ok(FileAttrs {
+            mode: 0o644,
+            mtime: None,
+        });
+    };
+    if m.size >= 0 && m.size as u64 != blob_size {
+        return Err(LayerError::Extract(ExtractError::SizeDisagrees {
+            path: m.name.clone(),
+            expected: m.size as u64,
+            actual: blob_size,
+        }));
+    }
+    let secs = m.mtime.unix_timestamp();
+    let mtime = (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64));
+    Ok(FileAttrs {
+        mode: m.mode & 0o7777,
+        mtime,
+    })
+}
+
+/// Counts bytes for the progress display and stops promptly when another layer failed.
+pub struct Tap<R> {
+    pub inner: R,
+    pub reporter: Arc<dyn Reporter>,
+    pub id: usize,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "cancelled: another layer failed",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.reporter.on_layer_progress(self.id, n as u64);
+        Ok(n)
+    }
+}
+
+/// Runs the whole stack for one layer. On success the blob verified and its files are in the
+/// staging directory.
+pub fn run<R: Read>(
+    plan: &LayerPlan,
+    source: R,
+    ex: &Extractor,
+) -> Result<(Written, Verified), LayerError> {
+    let mut verifier = VerifyingReader::new(source, plan.desc.digest.clone(), plan.desc.size);
+    let mut buf = Vec::new();
+    let extracted = unpack(plan, &mut verifier, ex, &mut buf);
+    let written = match extracted {
+        Ok(w) => w,
+        // A stream error may really be a short or tampered blob: say that if it is.
+        Err(e) if e.is_stream_error() => {
+            return match verifier.finish() {
+                Ok(Err(mismatch)) => Err(LayerError::Mismatch(mismatch)),
+                _ => Err(LayerError::Extract(e)),
+            };
+        }
+        Err(e) => return Err(LayerError::Extract(e)),
+    };
+    let verified = verifier
+        .finish()
+        .map_err(LayerError::Source)?
+        .map_err(LayerError::Mismatch)?;
+    Ok((written, verified))
+}
+
+fn unpack(
+    plan: &LayerPlan,
+    source: &mut dyn Read,
+    ex: &Extractor,
+    buf: &mut Vec<u8>,
+) -> Result<Written, ExtractError> {
+    match &plan.target {
+        Target::Raw(rel, attrs) => {
+            let bytes = ex.write_file(rel, *attrs, source, buf)?;
+            Ok(Written { files: 1, bytes })
+        }
+        Target::Tar(Compression::None) => extract::tar::untar(ex, source, buf),
+        Target::Tar(Compression::Gzip) => {
+            let mut d =
+                flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 16, source));
+            extract::tar::untar(ex, &mut d, buf)
+        }
+        Target::Tar(Compression::Zstd) => {
+            let mut d = zstd::stream::read::Decoder::new(source).map_err(ExtractError::Read)?;
+            extract::tar::untar(ex, &mut d, buf)
+        }
+    }
+}

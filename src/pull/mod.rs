@@ -1,0 +1,307 @@
+//! `pull`: the init container's job. Resolve the manifest, plan and check every layer, stream
+//! the layers concurrently through verification into a staging directory, and commit only
+//! when every one of them verified (architecture.md, "The hot path").
+
+pub mod layer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::io::SyncIoBridge;
+use tracing::Instrument;
+
+use crate::digest::{Digest, Mismatch, Verified};
+use crate::extract::staging::{AllVerified, Marker, Staging, StagingError};
+use crate::extract::{ExtractError, Extractor, Written};
+use crate::modelpack::{BadMetadata, UnknownMediaType};
+use crate::reference::ImageRef;
+use crate::store::{Store, StoreError};
+
+pub use layer::LayerPlan;
+
+/// What went wrong with one layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    MediaType(UnknownMediaType),
+    #[error("the layer is encrypted and no decryption key was given")]
+    Encrypted,
+    #[error("the layer points at foreign URLs, which are not fetched")]
+    ForeignUrls,
+    #[error("the raw layer has no `org.cncf.model.filepath` annotation, so its file has no name")]
+    NoFilepath,
+    #[error(transparent)]
+    Metadata(BadMetadata),
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    #[error("the blob failed verification: {0}")]
+    Mismatch(Mismatch),
+    #[error("cannot read the blob")]
+    Source(#[source] std::io::Error),
+    #[error(transparent)]
+    Fetch(StoreError),
+    #[error("the layer's worker thread panicked")]
+    Panicked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error("layer {label} of `{reference}`")]
+    Layer {
+        reference: String,
+        label: String,
+        #[source]
+        source: LayerError,
+    },
+    #[error("cannot finish the extracted tree")]
+    Finish(#[source] ExtractError),
+}
+
+impl PullError {
+    /// The layer failure inside, if this is one.
+    pub fn layer_error(&self) -> Option<&LayerError> {
+        match self {
+            PullError::Layer { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Progress callbacks. The CLI draws bars; the library never writes to the terminal.
+pub trait Reporter: Send + Sync {
+    fn on_layer_start(&self, name: &str, size: u64) -> usize;
+    fn on_layer_progress(&self, id: usize, bytes: u64);
+    fn on_layer_done(&self, id: usize);
+}
+
+pub struct NoopReporter;
+
+impl Reporter for NoopReporter {
+    fn on_layer_start(&self, _: &str, _: u64) -> usize {
+        0
+    }
+    fn on_layer_progress(&self, _: usize, _: u64) {}
+    fn on_layer_done(&self, _: usize) {}
+}
+
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// Layers fetched at once. Default: 4.
+    pub concurrency: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions { concurrency: 4 }
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug)]
+pub struct PullSummary {
+    pub manifest_digest: Digest,
+    pub destination: PathBuf,
+    pub files: u64,
+    /// Bytes written to files.
+    pub bytes: u64,
+    /// Bytes fetched and verified.
+    pub blob_bytes: u64,
+    pub elapsed: Duration,
+    /// The destination already held this manifest's content; nothing was fetched.
+    pub up_to_date: bool,
+}
+
+/// Pulls `src` into `dest`. On error nothing is left at `dest` (or what was there before
+/// stays untouched) and the staging directory is removed.
+#[tracing::instrument(skip_all, fields(reference = %src, to = %dest.display()))]
+pub async fn pull(
+    src: &ImageRef,
+    store: &Store,
+    dest: &Path,
+    opts: &PullOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<PullSummary, PullError> {
+    let started = Instant::now();
+    let resolved = store.resolve(src).await?;
+    let manifest = &resolved.manifest;
+    tracing::info!(digest = %resolved.digest, layers = manifest.layers.len(), "resolved manifest");
+
+    // Every layer is checked (media type, file path, metadata) before a byte is fetched.
+    let plans = manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            LayerPlan::new(i, d).map_err(|source| PullError::Layer {
+                reference: src.to_string(),
+                label: layer_label(i, d),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let dest_owned = dest.to_path_buf();
+    let staging = tokio::task::spawn_blocking(move || Staging::prepare(&dest_owned))
+        .await
+        .map_err(|_| PullError::Staging(StagingError::BadDestination(dest.into())))??;
+    if let Some(marker) = staging.existing_marker() {
+        if marker.manifest_digest == resolved.digest {
+            tracing::info!("destination already holds this manifest; nothing to do");
+            return Ok(PullSummary {
+                manifest_digest: resolved.digest,
+                destination: dest.into(),
+                files: marker.files,
+                bytes: marker.bytes,
+                blob_bytes: 0,
+                elapsed: started.elapsed(),
+                up_to_date: true,
+            });
+        }
+    }
+    staging.check_destination()?;
+
+    let extractor = Arc::new(Extractor::new(staging.root().to_path_buf()));
+    let (written, proofs) = fetch_all(src, store, plans, &extractor, opts, reporter).await?;
+    let ex = extractor.clone();
+    tokio::task::spawn_blocking(move || ex.finish())
+        .await
+        .map_err(|_| PullError::Finish(ExtractError::Read(std::io::Error::other("panicked"))))?
+        .map_err(PullError::Finish)?;
+
+    let layers = manifest.layers.len();
+    let blob_bytes = manifest.layers.iter().map(|l| l.size).sum();
+    let proof = AllVerified::collect(proofs, layers).ok_or_else(|| PullError::Layer {
+        reference: src.to_string(),
+        label: "(count)".into(),
+        source: LayerError::Panicked,
+    })?;
+    let marker = Marker {
+        manifest_digest: resolved.digest.clone(),
+        reference: src.to_string(),
+        files: written.files,
+        bytes: written.bytes,
+        completed_at: crate::now_rfc3339(),
+    };
+    tokio::task::spawn_blocking(move || staging.commit(&marker, proof))
+        .await
+        .map_err(|_| PullError::Staging(StagingError::BadDestination(dest.into())))??;
+    Ok(PullSummary {
+        manifest_digest: resolved.digest,
+        destination: dest.into(),
+        files: written.files,
+        bytes: written.bytes,
+        blob_bytes,
+        elapsed: started.elapsed(),
+        up_to_date: false,
+    })
+}
+
+fn layer_label(i: usize, d: &crate::manifest::Descriptor) -> String {
+    match crate::modelpack::filepath(d) {
+        Some(p) => format!("`{}` ({})", p, d.digest),
+        None => format!("#{i} ({})", d.digest),
+    }
+}
+
+/// Runs the layers with bounded concurrency, biggest first so a large layer never waits behind
+/// small ones. On the first failure the others are cancelled and awaited before returning,
+/// so no worker is still writing when the staging directory is removed.
+async fn fetch_all(
+    src: &ImageRef,
+    store: &Store,
+    mut plans: Vec<LayerPlan>,
+    ex: &Arc<Extractor>,
+    opts: &PullOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(Written, Vec<Verified>), PullError> {
+    plans.sort_by_key(|p| std::cmp::Reverse(p.desc.size));
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for plan in plans {
+        // INVARIANT: the semaphore is never closed.
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        if cancelled.load(Ordering::Relaxed) {
+            break;
+        }
+        let label = plan.label();
+        let span = tracing::info_span!("layer", digest = %plan.desc.digest);
+        let source = store.blob(&plan.desc, 0).await;
+        let (ex, reporter, cancelled) = (ex.clone(), reporter.clone(), cancelled.clone());
+        let task = async move {
+            let _permit = permit;
+            let result = match source {
+                Ok(source) => {
+                    let size = plan.desc.size;
+                    let id = reporter.on_layer_start(&label, size);
+                    let tap = layer::Tap {
+                        inner: SyncIoBridge::new(source),
+                        reporter: reporter.clone(),
+                        id,
+                        cancelled: cancelled.clone(),
+                    };
+                    let result = tokio::task::spawn_blocking(move || layer::run(&plan, tap, &ex))
+                        .await
+                        .unwrap_or(Err(LayerError::Panicked));
+                    if result.is_ok() {
+                        reporter.on_layer_done(id);
+                        tracing::debug!(bytes = size, "layer verified");
+                    }
+                    result
+                }
+                Err(e) => Err(LayerError::Fetch(e)),
+            };
+            if result.is_err() {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+            (label, result)
+        };
+        tasks.spawn(task.instrument(span));
+    }
+    let mut total = Written::default();
+    let mut proofs = Vec::new();
+    let mut first_error: Option<(String, LayerError)> = None;
+    while let Some(done) = tasks.join_next().await {
+        let (label, result) =
+            done.unwrap_or_else(|_| ("(worker)".into(), Err(LayerError::Panicked)));
+        match result {
+            Ok((w, v)) => {
+                total.add(w);
+                proofs.push(v);
+            }
+            // Keep the root cause, not the cancellations it triggered.
+            Err(e) if first_error.as_ref().is_none_or(|(_, f)| is_cancellation(f)) => {
+                first_error = Some((label, e));
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some((label, source)) = first_error {
+        return Err(PullError::Layer {
+            reference: src.to_string(),
+            label,
+            source,
+        });
+    }
+    Ok((total, proofs))
+}
+
+fn is_cancellation(e: &LayerError) -> bool {
+    let io = match e {
+        LayerError::Extract(ExtractError::Read(io) | ExtractError::Tar(io))
+        | LayerError::Source(io) => io,
+        _ => return false,
+    };
+    io.kind() == std::io::ErrorKind::Interrupted
+}

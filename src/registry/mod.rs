@@ -1,0 +1,283 @@
+//! OCI distribution registries, through `oci-client`: resolve a manifest, stream blobs in and out
+//! without holding them in memory, push manifests byte for byte.
+
+pub mod auth;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::StreamReader;
+
+use crate::digest::Digest;
+use crate::manifest::{
+    Descriptor, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+};
+
+/// Upload chunk: big enough to keep round trips few, small enough to bound memory and stay
+/// under the per-request limits of registries such as Cloudflare's (500 MB).
+const PUSH_CHUNK: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read registry credentials from `{path}`")]
+    AuthFile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("bad entry for `{registry}` in `{path}`: {reason}")]
+    AuthEntry {
+        path: PathBuf,
+        registry: String,
+        reason: String,
+    },
+    #[error("credential helper `{program}` failed: {reason}")]
+    CredentialHelper { program: String, reason: String },
+    #[error("cannot fetch the manifest of `{reference}`")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("cannot fetch blob `{digest}` from `{reference}`")]
+    Pull {
+        reference: String,
+        digest: Digest,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("cannot upload blob `{digest}` to `{reference}`")]
+    Push {
+        reference: String,
+        digest: Digest,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("cannot read the source of blob `{digest}`")]
+    PushSource {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot push the manifest to `{reference}`")]
+    PushManifest {
+        reference: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("cannot query blob `{digest}` in `{reference}`")]
+    Exists {
+        reference: String,
+        digest: Digest,
+        #[source]
+        source: OciDistributionError,
+    },
+}
+
+/// How to reach registries; shared by every command.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Talk plain HTTP instead of HTTPS (loopback test registries).
+    pub plain_http: bool,
+    /// Auth file given on the command line (`--authfile`).
+    pub authfile: Option<PathBuf>,
+}
+
+/// One repository in one registry, authenticated.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    reference: Reference,
+}
+
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+impl Registry {
+    pub fn new(reference: Reference, opts: &RegistryOptions) -> Result<Registry, RegistryError> {
+        let config = ClientConfig {
+            protocol: if opts.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            connect_timeout: Some(Duration::from_secs(30)),
+            // A stalled stream fails instead of hanging the init container forever.
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: concat!("modelcrypt/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        Ok(Registry {
+            client: Client::new(config),
+            reference,
+        })
+    }
+
+    /// Authenticates for `op` with credentials from the auth files (anonymous when none).
+    pub async fn login(
+        &self,
+        opts: &RegistryOptions,
+        op: RegistryOperation,
+    ) -> Result<(), RegistryError> {
+        let host = self.reference.resolve_registry().to_string();
+        let files = auth::auth_files(opts.authfile.as_deref());
+        let auth = match auth::lookup(&files, &host)? {
+            Some(c) => RegistryAuth::Basic(c.username, c.password.to_string()),
+            None => RegistryAuth::Anonymous,
+        };
+        // Anonymous auth failures surface on the first real request with a clearer status.
+        if let Err(e) = self.client.auth(&self.reference, &auth, op).await {
+            tracing::debug!(error = %e, "registry token request failed");
+        }
+        self.client
+            .store_auth_if_needed(self.reference.resolve_registry(), &auth)
+            .await;
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        format!("docker://{}", self.reference.whole())
+    }
+
+    /// The manifest's raw bytes; the caller hashes them (the registry's word is not trusted).
+    pub async fn manifest(&self) -> Result<Vec<u8>, RegistryError> {
+        let accepted = [
+            MEDIA_TYPE_MANIFEST,
+            MEDIA_TYPE_DOCKER_MANIFEST,
+            MEDIA_TYPE_INDEX,
+        ];
+        let (raw, _digest) = self
+            .client
+            .pull_manifest_raw(&self.reference, &RegistryAuth::Anonymous, &accepted)
+            .await
+            .map_err(|source| RegistryError::Manifest {
+                reference: self.name(),
+                source,
+            })?;
+        Ok(raw.to_vec())
+    }
+
+    /// Streams a blob from `offset`. The stream is not verified here: the pull pipeline hashes
+    /// every byte itself, once, instead of twice.
+    pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, RegistryError> {
+        let oci = to_oci(desc);
+        let err = |source| RegistryError::Pull {
+            reference: self.name(),
+            digest: desc.digest.clone(),
+            source,
+        };
+        let stream = match self
+            .client
+            .pull_blob_stream_partial(&self.reference, &oci, offset, None)
+            .await
+            .map_err(err)?
+        {
+            BlobResponse::Partial(s) => s.stream,
+            // A registry that ignores Range sends the whole blob; only usable from the start.
+            BlobResponse::Full(s) if offset == 0 => s.stream,
+            BlobResponse::Full(_) => {
+                return Err(err(OciDistributionError::GenericError(Some(
+                    "the registry ignored the Range request".into(),
+                ))))
+            }
+        };
+        Ok(Box::pin(StreamReader::new(stream)))
+    }
+
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool, RegistryError> {
+        self.client
+            .blob_exists(&self.reference, &digest.to_string())
+            .await
+            .map_err(|source| RegistryError::Exists {
+                reference: self.name(),
+                digest: digest.clone(),
+                source,
+            })
+    }
+
+    /// Uploads a blob in bounded chunks; the registry checks the digest when the upload ends.
+    pub async fn put_blob(
+        &self,
+        desc: &Descriptor,
+        reader: BlobReader,
+    ) -> Result<(), RegistryError> {
+        let digest = desc.digest.clone();
+        let source_digest = digest.clone();
+        let chunks = chunk_stream(reader).map_err(move |e| {
+            OciDistributionError::GenericError(Some(format!(
+                "reading the source of `{source_digest}`: {e}"
+            )))
+        });
+        self.client
+            .push_blob_stream(
+                &self.reference,
+                chunks,
+                &digest.to_string(),
+                Some(desc.size),
+            )
+            .await
+            .map_err(|source| RegistryError::Push {
+                reference: self.name(),
+                digest,
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub async fn put_manifest(&self, raw: &[u8], media_type: &str) -> Result<(), RegistryError> {
+        let content_type =
+            http::HeaderValue::from_str(media_type).map_err(|e| RegistryError::PushManifest {
+                reference: self.name(),
+                source: OciDistributionError::GenericError(Some(e.to_string())),
+            })?;
+        self.client
+            .push_manifest_raw(&self.reference, raw.to_vec(), content_type)
+            .await
+            .map_err(|source| RegistryError::PushManifest {
+                reference: self.name(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+}
+
+fn to_oci(d: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size as i64,
+        urls: d.urls.clone(),
+        annotations: None,
+        artifact_type: None,
+    }
+}
+
+/// Turns a reader into a stream of `PUSH_CHUNK`-sized buffers (the last one shorter).
+fn chunk_stream(reader: BlobReader) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold(reader, |mut reader| async move {
+        let mut buf = BytesMut::with_capacity(PUSH_CHUNK);
+        while buf.len() < PUSH_CHUNK {
+            if reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some((buf.freeze(), reader)))
+        }
+    })
+    .boxed()
+}
