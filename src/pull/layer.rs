@@ -95,6 +95,11 @@ fn raw_attrs(meta: Option<&FileMetadata>, blob_size: u64) -> Result<FileAttrs, L
     })
 }
 
+/// The error a [`Tap`] returns once the pull was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled because another layer failed")]
+pub struct Cancelled;
+
 /// Counts bytes for the progress display and stops promptly when another layer failed.
 pub struct Tap<R> {
     pub inner: R,
@@ -106,10 +111,8 @@ pub struct Tap<R> {
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "cancelled: another layer failed",
-            ));
+            // Not `Interrupted`: readers retry that kind forever.
+            return Err(io::Error::other(Cancelled));
         }
         let n = self.inner.read(buf)?;
         self.reporter.on_layer_progress(self.id, n as u64);

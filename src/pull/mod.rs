@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use futures_util::StreamExt;
 use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
@@ -45,6 +45,8 @@ pub enum LayerError {
     Fetch(StoreError),
     #[error("the layer's worker thread panicked")]
     Panicked,
+    #[error("cancelled because another layer failed")]
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,8 +213,9 @@ fn layer_label(i: usize, d: &crate::manifest::Descriptor) -> String {
 }
 
 /// Runs the layers with bounded concurrency, biggest first so a large layer never waits behind
-/// small ones. On the first failure the others are cancelled and awaited before returning,
-/// so no worker is still writing when the staging directory is removed.
+/// small ones. After the first failure no new layer starts and the running ones are cancelled,
+/// and every one is awaited before returning, so no worker is still writing when the staging
+/// directory is removed.
 async fn fetch_all(
     src: &ImageRef,
     store: &Store,
@@ -223,68 +226,25 @@ async fn fetch_all(
 ) -> Result<(Written, Vec<Verified>), PullError> {
     plans.sort_by_key(|p| std::cmp::Reverse(p.desc.size));
     let cancelled = Arc::new(AtomicBool::new(false));
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    for plan in plans {
-        // INVARIANT: the semaphore is never closed.
-        let permit = semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        if cancelled.load(Ordering::Relaxed) {
-            break;
-        }
-        let label = plan.label();
-        let span = tracing::info_span!("layer", digest = %plan.desc.digest);
-        let source = store.blob(&plan.desc, 0).await;
-        let (ex, reporter, cancelled) = (ex.clone(), reporter.clone(), cancelled.clone());
-        let task = async move {
-            let _permit = permit;
-            let result = match source {
-                Ok(source) => {
-                    let size = plan.desc.size;
-                    let id = reporter.on_layer_start(&label, size);
-                    let tap = layer::Tap {
-                        inner: SyncIoBridge::new(source),
-                        reporter: reporter.clone(),
-                        id,
-                        cancelled: cancelled.clone(),
-                    };
-                    let result = tokio::task::spawn_blocking(move || layer::run(&plan, tap, &ex))
-                        .await
-                        .unwrap_or(Err(LayerError::Panicked));
-                    if result.is_ok() {
-                        reporter.on_layer_done(id);
-                        tracing::debug!(bytes = size, "layer verified");
-                    }
-                    result
-                }
-                Err(e) => Err(LayerError::Fetch(e)),
-            };
-            if result.is_err() {
-                cancelled.store(true, Ordering::Relaxed);
-            }
-            (label, result)
-        };
-        tasks.spawn(task.instrument(span));
-    }
+    let mut running = futures_util::stream::iter(plans)
+        .map(|plan| fetch_one(store, plan, ex.clone(), reporter.clone(), cancelled.clone()))
+        .buffer_unordered(opts.concurrency.max(1));
     let mut total = Written::default();
     let mut proofs = Vec::new();
     let mut first_error: Option<(String, LayerError)> = None;
-    while let Some(done) = tasks.join_next().await {
-        let (label, result) =
-            done.unwrap_or_else(|_| ("(worker)".into(), Err(LayerError::Panicked)));
+    while let Some((label, result)) = running.next().await {
         match result {
             Ok((w, v)) => {
                 total.add(w);
                 proofs.push(v);
             }
-            // Keep the root cause, not the cancellations it triggered.
-            Err(e) if first_error.as_ref().is_none_or(|(_, f)| is_cancellation(f)) => {
-                first_error = Some((label, e));
+            Err(e) => {
+                cancelled.store(true, Ordering::Relaxed);
+                // Keep the root cause, not the cancellations it triggered.
+                if first_error.as_ref().is_none_or(|(_, f)| is_cancellation(f)) {
+                    first_error = Some((label, e));
+                }
             }
-            Err(_) => {}
         }
     }
     if let Some((label, source)) = first_error {
@@ -297,11 +257,47 @@ async fn fetch_all(
     Ok((total, proofs))
 }
 
+/// Opens one layer's blob and runs its adaptor stack on a blocking thread.
+async fn fetch_one(
+    store: &Store,
+    plan: LayerPlan,
+    ex: Arc<Extractor>,
+    reporter: Arc<dyn Reporter>,
+    cancelled: Arc<AtomicBool>,
+) -> (String, Result<(Written, Verified), LayerError>) {
+    let label = plan.label();
+    if cancelled.load(Ordering::Relaxed) {
+        return (label, Err(LayerError::Cancelled));
+    }
+    let span = tracing::info_span!("layer", digest = %plan.desc.digest);
+    let result = async {
+        let source = store.blob(&plan.desc, 0).await.map_err(LayerError::Fetch)?;
+        let size = plan.desc.size;
+        let id = reporter.on_layer_start(&label, size);
+        let tap = layer::Tap {
+            inner: SyncIoBridge::new(source),
+            reporter: reporter.clone(),
+            id,
+            cancelled,
+        };
+        let result = tokio::task::spawn_blocking(move || layer::run(&plan, tap, &ex))
+            .await
+            .unwrap_or(Err(LayerError::Panicked))?;
+        reporter.on_layer_done(id);
+        tracing::debug!(bytes = size, "layer verified");
+        Ok(result)
+    }
+    .instrument(span)
+    .await;
+    (label, result)
+}
+
 fn is_cancellation(e: &LayerError) -> bool {
     let io = match e {
+        LayerError::Cancelled => return true,
         LayerError::Extract(ExtractError::Read(io) | ExtractError::Tar(io))
         | LayerError::Source(io) => io,
         _ => return false,
     };
-    io.kind() == std::io::ErrorKind::Interrupted
+    io.get_ref().is_some_and(|e| e.is::<layer::Cancelled>())
 }

@@ -1,0 +1,523 @@
+//! The plain path end to end against real peers: `pack` → real `docker-registry` → `pull`
+//! gives the same files; skopeo moves our artifacts and we pull what it wrote; an artifact
+//! shaped like modctl's output pulls; tampering in the registry's storage is caught; a pull
+//! killed midway is finished by a re-run; the bundled demo is what `pack` makes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    assert_failure_contains, assert_success, dir_names, make_model_dir, media, modelcrypt,
+    modelcrypt_bin, require_peer, skopeo, tree_snapshot, FileKind, OciLayoutBuilder, Snapshot,
+    TarBuilder, TestRegistry, COMPLETE_MARKER, MODEL_FILES, MODEL_HIDDEN_FILES,
+};
+
+/// The files of a model directory as `pull` must reproduce them: regular files only (sizes,
+/// SHA-256, modes), hidden paths left out because `pack` skips them.
+fn model_files(dir: &Path) -> Snapshot {
+    tree_snapshot(dir, true)
+        .into_iter()
+        .filter(|(path, fact)| {
+            fact.kind == FileKind::File && !path.split('/').any(|c| c.starts_with('.'))
+        })
+        .collect()
+}
+
+fn pack(model: &Path, dest: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "pack".to_string(),
+        model.display().to_string(),
+        dest.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = modelcrypt(&args);
+    assert_success(&out);
+    out.stdout.trim().to_string()
+}
+
+fn pull(reference: &str, to: &Path, extra: &[&str]) -> crate::common::RunOutput {
+    let mut args = vec!["pull".to_string(), reference.to_string(), "--to".into()];
+    args.push(to.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    modelcrypt(&args)
+}
+
+fn marker_digest(dest: &Path) -> String {
+    let raw = fs::read(dest.join(COMPLETE_MARKER)).expect("completion marker");
+    let v: serde_json::Value = serde_json::from_slice(&raw).expect("marker is JSON");
+    v["manifestDigest"]
+        .as_str()
+        .expect("manifestDigest")
+        .to_string()
+}
+
+fn round_trip_through_a_registry(extra_pack_flags: &[&str]) {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let reference = reg.reference("models/tiny:v1");
+    let digest = pack(
+        &model,
+        &reference,
+        &[&["--plain-http"], extra_pack_flags].concat(),
+    );
+
+    let dest = tmp.path().join("out/tiny");
+    let out = pull(&reference, &dest, &["--plain-http", "--no-progress"]);
+    assert_success(&out);
+
+    let expected = model_files(&model);
+    assert_eq!(
+        expected.len(),
+        MODEL_FILES.len(),
+        "the fixture has the files it claims"
+    );
+    assert_eq!(model_files(&dest), expected);
+    for (path, mode) in MODEL_FILES {
+        assert_eq!(expected[*path].mode, *mode, "{path} keeps its mode");
+    }
+    for hidden in MODEL_HIDDEN_FILES {
+        assert!(!dest.join(hidden).exists(), "{hidden} must not be packed");
+    }
+    assert_eq!(marker_digest(&dest), digest);
+    assert_eq!(
+        dir_names(&tmp.path().join("out")),
+        vec!["tiny".to_string()],
+        "no staging left"
+    );
+
+    // A second pull of the same manifest is a no-op that says so.
+    let again = pull(&reference, &dest, &["--plain-http", "--no-progress"]);
+    assert_success(&again);
+    assert!(again.stderr.contains("nothing to do"), "{again}");
+}
+
+#[test]
+fn pack_push_pull_through_a_registry_gives_identical_files_with_raw_layers() {
+    round_trip_through_a_registry(&[]);
+}
+
+#[test]
+fn pack_push_pull_through_a_registry_gives_identical_files_with_tar_layers() {
+    round_trip_through_a_registry(&["--tar", "--reproducible"]);
+}
+
+#[test]
+fn pack_writes_modelpack_media_types_annotations_and_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let layout = format!("oci:{}:v1", tmp.path().join("layout").display());
+    pack(&model, &layout, &["--reproducible"]);
+    let out = modelcrypt(["inspect", &layout, "--json"]);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("inspect --json is JSON");
+    assert_eq!(v["artifactType"], media::ARTIFACT);
+    assert_eq!(v["manifest"]["config"]["mediaType"], media::CONFIG);
+    let layers = v["manifest"]["layers"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = layers
+        .iter()
+        .map(|l| {
+            let a = &l["annotations"];
+            (
+                a["org.cncf.model.filepath"].as_str().unwrap(),
+                l["mediaType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // modctl's order: config files, weights, code, docs; sorted by path within each.
+    assert_eq!(
+        kinds,
+        vec![
+            ("config.json", media::WEIGHT_CONFIG_RAW),
+            ("generation_config.json", media::WEIGHT_CONFIG_RAW),
+            ("merges.txt", media::WEIGHT_CONFIG_RAW),
+            ("tokenizer.json", media::WEIGHT_CONFIG_RAW),
+            ("tokenizer_config.json", media::WEIGHT_CONFIG_RAW),
+            ("vocab.json", media::WEIGHT_CONFIG_RAW),
+            ("model.safetensors", media::WEIGHT_RAW),
+            ("scripts/convert.py", media::CODE_RAW),
+            ("LICENSE", media::DOC_RAW),
+            ("README.md", media::DOC_RAW),
+        ]
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        layers[7]["annotations"]["org.cncf.model.file.metadata+json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["mode"], 0o755);
+    assert_eq!(meta["name"], "convert.py");
+    assert_eq!(meta["typeflag"], 0);
+    let config = &v["config"];
+    assert_eq!(config["descriptor"]["family"], "qwen3");
+    assert_eq!(config["config"]["precision"], "bfloat16");
+    assert_eq!(config["config"]["format"], "safetensors");
+    let diff_ids: Vec<&serde_json::Value> = config["modelfs"]["diffIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    let digests: Vec<&serde_json::Value> = layers.iter().map(|l| &l["digest"]).collect();
+    assert_eq!(diff_ids, digests);
+    assert!(
+        config["descriptor"].get("createdAt").is_none(),
+        "--reproducible has no time"
+    );
+}
+
+#[test]
+fn skopeo_moves_our_artifact_through_dir_to_another_repository_and_it_still_pulls() {
+    if !require_peer("docker-registry") || !require_peer("skopeo") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let digest = pack(
+        &model,
+        &reg.reference("models/a:v1"),
+        &["--plain-http", "--tar"],
+    );
+    let dir = tmp.path().join("skopeo-dir");
+    let dir_ref = format!("dir:{}", dir.display());
+    let tls = ["--src-tls-verify=false", "--dest-tls-verify=false"];
+    assert_success(&skopeo(
+        [
+            &["copy"][..],
+            &tls,
+            &[&reg.reference("models/a:v1"), &dir_ref],
+        ]
+        .concat(),
+    ));
+    assert_success(&skopeo(
+        [
+            &["copy"][..],
+            &tls,
+            &[&dir_ref, &reg.reference("models/b:copied")],
+        ]
+        .concat(),
+    ));
+
+    for (source, name) in [
+        (reg.reference("models/b:copied"), "from-b"),
+        (dir_ref.clone(), "from-dir"),
+    ] {
+        let dest = tmp.path().join(name);
+        assert_success(&pull(&source, &dest, &["--plain-http", "--no-progress"]));
+        assert_eq!(model_files(&dest), model_files(&model), "{source}");
+        assert_eq!(
+            marker_digest(&dest),
+            digest,
+            "skopeo kept the manifest byte for byte"
+        );
+    }
+}
+
+#[test]
+fn our_copy_writes_layouts_and_dirs_that_skopeo_reads() {
+    if !require_peer("skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let layout = format!("oci:{}:v1", tmp.path().join("layout").display());
+    let digest = pack(&model, &layout, &[]);
+    let dir_ref = format!("dir:{}", tmp.path().join("ours-dir").display());
+    assert_success(&modelcrypt(["copy", &layout, &dir_ref]));
+    // skopeo verifies every blob's digest while copying.
+    let back = format!("oci:{}:again", tmp.path().join("skopeo-layout").display());
+    assert_success(&skopeo(["copy", &dir_ref, &back]));
+    let dest = tmp.path().join("pulled");
+    assert_success(&pull(&back, &dest, &["--no-progress"]));
+    assert_eq!(model_files(&dest), model_files(&model));
+    assert_eq!(marker_digest(&dest), digest);
+}
+
+#[test]
+fn an_artifact_shaped_like_modctl_output_pulls_from_a_registry() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = crate::common::pseudo_random_bytes(b"modctl", 300_000);
+    let mut b = OciLayoutBuilder::new(tmp.path().join("layout"));
+    b.add_raw_file(
+        media::WEIGHT_CONFIG_RAW,
+        "config.json",
+        0o644,
+        br#"{"model_type":"qwen3"}"#,
+    );
+    b.add_raw_file(media::WEIGHT_RAW, "model.safetensors", 0o640, &weights);
+    let mut tar = TarBuilder::new();
+    tar.file("docs/README.md", 0o600, b"# readme\n");
+    let tar = tar.finish();
+    b.add_layer(
+        media::DOC_TAR,
+        &tar,
+        &[("org.cncf.model.filepath", "docs/README.md")],
+    );
+    b.write("v1");
+    let mut legacy = OciLayoutBuilder::new(tmp.path().join("legacy")).legacy();
+    legacy.add_raw_file(
+        media::LEGACY_WEIGHT_RAW,
+        "shard-1.bin",
+        0o644,
+        &weights[..1000],
+    );
+    let mut tar = TarBuilder::new();
+    tar.file("sub/shard-2.bin", 0o644, &weights[1000..3000]);
+    let tar = tar.finish();
+    legacy.add_layer(media::LEGACY_WEIGHT_TAR, &tar, &[]);
+    legacy.write("v1");
+    reg.push_layout(&tmp.path().join("layout"), "v1", "models/modctl:v1");
+    reg.push_layout(&tmp.path().join("legacy"), "v1", "models/legacy:v1");
+
+    let dest = tmp.path().join("m");
+    assert_success(&pull(
+        &reg.reference("models/modctl:v1"),
+        &dest,
+        &["--plain-http"],
+    ));
+    assert_eq!(fs::read(dest.join("model.safetensors")).unwrap(), weights);
+    let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        (
+            mode("model.safetensors"),
+            mode("config.json"),
+            mode("docs/README.md")
+        ),
+        (0o640, 0o644, 0o600)
+    );
+
+    let dest = tmp.path().join("l");
+    assert_success(&pull(
+        &reg.reference("models/legacy:v1"),
+        &dest,
+        &["--plain-http"],
+    ));
+    assert_eq!(
+        fs::read(dest.join("shard-1.bin")).unwrap(),
+        &weights[..1000]
+    );
+    assert_eq!(
+        fs::read(dest.join("sub/shard-2.bin")).unwrap(),
+        &weights[1000..3000]
+    );
+}
+
+#[test]
+fn a_blob_tampered_in_registry_storage_is_refused_and_nothing_is_left() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let reference = reg.reference("models/tampered:v1");
+    pack(&model, &reference, &["--plain-http"]);
+    let layout = tmp.path().join("layout");
+    pack(&model, &format!("oci:{}:v1", layout.display()), &[]);
+    let weights = weights_digest(&layout);
+
+    let stored = reg.blob_data_path(&weights);
+    let mut bytes = fs::read(&stored).unwrap();
+    bytes[1234] ^= 0x01;
+    fs::write(&stored, bytes).unwrap();
+
+    let parent = tmp.path().join("out");
+    fs::create_dir(&parent).unwrap();
+    let out = pull(
+        &reference,
+        &parent.join("tiny"),
+        &["--plain-http", "--no-progress"],
+    );
+    assert_failure_contains(&out, &["digest mismatch", &weights, "model.safetensors"]);
+    assert!(
+        dir_names(&parent).is_empty(),
+        "nothing at the destination, no staging: {:?}",
+        dir_names(&parent)
+    );
+}
+
+/// The digest of `model.safetensors`'s layer in a layout written by `pack`.
+fn weights_digest(layout: &Path) -> String {
+    let out = modelcrypt(["inspect", &format!("oci:{}:v1", layout.display()), "--json"]);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["filepath"] == "model.safetensors")
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .expect("a weights layer")
+}
+
+/// Replaces the weights blob of `layout` with a FIFO, so a pull blocks on that layer while
+/// the others finish, with no timing involved. Returns the blob's path and real bytes.
+fn block_weights_layer(layout: &Path) -> (PathBuf, Vec<u8>) {
+    let digest = weights_digest(layout);
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let bytes = fs::read(&blob).unwrap();
+    fs::remove_file(&blob).unwrap();
+    nix::unistd::mkfifo(&blob, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    (blob, bytes)
+}
+
+/// Starts a pull that will block on the FIFO layer, and waits until the other layers have
+/// landed in the staging directory.
+fn start_blocked_pull(layout: &Path, dest: &Path) -> std::process::Child {
+    let child = Command::new(modelcrypt_bin())
+        .args(["pull", &format!("oci:{}:v1", layout.display()), "--to"])
+        .arg(dest)
+        .args(["--no-progress", "--concurrency", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = dest.parent().unwrap().join(".tiny.modelcrypt-staging");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Poll for an observable state, bounded: config.json is a small layer that completes while
+    // the weights layer waits on its FIFO.
+    while !staging.join("config.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never staged config.json"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_pull_killed_midway_is_finished_by_a_rerun_without_leftovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let layout = tmp.path().join("layout");
+    pack(&model, &format!("oci:{}:v1", layout.display()), &[]);
+    let (blob, bytes) = block_weights_layer(&layout);
+    let parent = tmp.path().join("out");
+    let dest = parent.join("tiny");
+
+    let mut child = start_blocked_pull(&layout, &dest);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dest.exists(), "a killed pull publishes nothing");
+    assert_eq!(
+        dir_names(&parent),
+        vec![".tiny.modelcrypt-staging".to_string()],
+        "the crash leaves its staging dir"
+    );
+
+    fs::remove_file(&blob).unwrap();
+    fs::write(&blob, bytes).unwrap();
+    let out = pull(
+        &format!("oci:{}:v1", layout.display()),
+        &dest,
+        &["--no-progress"],
+    );
+    assert_success(&out);
+    assert_eq!(model_files(&dest), model_files(&model));
+    assert_eq!(
+        dir_names(&parent),
+        vec!["tiny".to_string()],
+        "the re-run removed the stale staging dir"
+    );
+}
+
+#[test]
+fn sigterm_during_a_pull_removes_the_staging_directory_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let layout = tmp.path().join("layout");
+    pack(&model, &format!("oci:{}:v1", layout.display()), &[]);
+    let (_blob, _bytes) = block_weights_layer(&layout);
+    let parent = tmp.path().join("out");
+    let child = start_blocked_pull(&layout, &parent.join("tiny"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(dir_names(&parent).is_empty(), "{:?}", dir_names(&parent));
+}
+
+#[test]
+fn a_destination_not_written_by_modelcrypt_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("precious");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("keep.txt"), b"mine").unwrap();
+    let out = pull("oci:demo/tiny-model.oci:v1", &dest, &["--no-progress"]);
+    assert_failure_contains(&out, &["not written by modelcrypt", "precious"]);
+    assert_eq!(fs::read(dest.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(dir_names(tmp.path()), vec!["precious".to_string()]);
+}
+
+/// The bundled demo layout must be exactly what `pack --reproducible` makes of the bundled
+/// model, so the README's first command exercises the current format.
+#[test]
+fn the_demo_layout_is_what_pack_makes_of_the_demo_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-model");
+    fs::create_dir(&model).unwrap();
+    // Copy with fixed modes: a checkout's modes depend on the umask.
+    for entry in fs::read_dir("demo/tiny-model").unwrap() {
+        let entry = entry.unwrap();
+        let to = model.join(entry.file_name());
+        fs::copy(entry.path(), &to).unwrap();
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let layout = format!("oci:{}:v1", tmp.path().join("layout").display());
+    let digest = pack(&model, &layout, &["--reproducible", "--name", "tiny-model"]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read("demo/tiny-model.oci/index.json").unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+}
+
+/// Runs the README's first command (its arguments after `--`), with `--to` moved into a
+/// temporary directory.
+#[test]
+fn the_readme_quickstart_pulls_the_demo_model() {
+    let readme = fs::read_to_string("README.md").unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- pull "))
+        .expect("the README has a `cargo run --release -- pull` command");
+    let mut args: Vec<String> = line
+        .split_whitespace()
+        .skip(4)
+        .map(str::to_string)
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("tiny-model");
+    let to = args
+        .iter()
+        .position(|a| a == "--to")
+        .expect("the command has --to")
+        + 1;
+    args[to] = dest.display().to_string();
+    let out = modelcrypt(&args);
+    assert_success(&out);
+    for entry in fs::read_dir("demo/tiny-model").unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(
+            fs::read(dest.join(entry.file_name())).unwrap(),
+            fs::read(entry.path()).unwrap()
+        );
+    }
+}
