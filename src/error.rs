@@ -18,6 +18,12 @@ pub enum Error {
     Pull(#[from] PullError),
     #[error(transparent)]
     Pack(#[from] PackError),
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
+    #[error(transparent)]
+    Ocicrypt(#[from] crate::ocicrypt::OcicryptError),
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot write `{path}`")]
     Output {
         path: String,
@@ -33,7 +39,7 @@ impl Error {
     /// ever returned when every layer verified.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Reference(_) => 2,
+            Error::Reference(_) | Error::Usage(_) => 2,
             Error::Signal(_) => 130,
             _ => 1,
         }
@@ -61,7 +67,17 @@ impl Error {
         match self {
             Error::Pull(PullError::Layer { source, .. }) => match source {
                 LayerError::Encrypted => hints.push(
-                    "this artifact is encrypted (ocicrypt); decryption keys are not supported by this build yet".into(),
+                    "this artifact is encrypted (ocicrypt): pass `--decryption-key KEY` for JWE recipients or \
+                     `--kek FILE` for `kbs://` recipients; `modelcrypt inspect` lists each layer's recipients"
+                        .into(),
+                ),
+                LayerError::Key(_) => hints.push(
+                    "none of the given keys is a recipient of this layer; `modelcrypt inspect` lists its recipients".into(),
+                ),
+                LayerError::Hmac => hints.push(
+                    "the encrypted bytes were changed after encryption, or the key is not the one used to encrypt; \
+                     nothing was written to the destination"
+                        .into(),
                 ),
                 LayerError::Mismatch(_) => hints.push(
                     "the bytes received are not the bytes the manifest pins; nothing was written to the destination. \

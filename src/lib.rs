@@ -16,14 +16,17 @@
 
 pub mod cli;
 pub mod copy;
+pub mod crypt;
 pub mod digest;
 pub mod env;
 pub mod error;
 pub mod extract;
 pub mod inspect;
+pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod modelpack;
+pub mod ocicrypt;
 pub mod pack;
 pub mod pull;
 pub mod reference;

@@ -23,6 +23,8 @@ use crate::store::{Store, StoreError};
 /// Files bigger than this with an unknown extension are weights (modctl's rule).
 const UNKNOWN_WEIGHT_THRESHOLD: u64 = 128 * 1024 * 1024;
 
+const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("cannot read the model directory `{path}`")]
@@ -67,6 +69,9 @@ pub struct PackOptions {
     pub name: Option<String>,
     /// Layers uploaded at once. Default 3.
     pub concurrency: usize,
+    /// OCI image layer media types (`…image.layer.v1.tar`) instead of ModelPack ones, for
+    /// tools that know only those (skopeo's encryptor, CoCo's image-rs). Requires `tar`.
+    pub oci_media_types: bool,
 }
 
 /// One file to pack.
@@ -307,9 +312,13 @@ fn rfc3339(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
 
-fn descriptor_for(lb: &LayerBytes, digest: Digest, tar: bool) -> Descriptor {
+fn descriptor_for(lb: &LayerBytes, digest: Digest, opts: &PackOptions) -> Descriptor {
     let f = &lb.file;
-    let mut d = Descriptor::new(f.kind.media_type(tar), digest, lb.size());
+    let media_type = match opts.oci_media_types {
+        true => OCI_LAYER_TAR.to_string(),
+        false => f.kind.media_type(opts.tar),
+    };
+    let mut d = Descriptor::new(media_type, digest, lb.size());
     let meta = FileMetadata {
         name: Path::new(&f.rel)
             .file_name()
@@ -391,7 +400,7 @@ pub async fn pack(root: &Path, dest: &Store, opts: &PackOptions) -> Result<PackS
             source: io::Error::other(e),
         })??;
     let concurrency = opts.concurrency.max(1);
-    let tar = opts.tar;
+    let tar = opts.tar || opts.oci_media_types;
     let results: Vec<(Descriptor, bool)> = futures_util::stream::iter(files.iter().cloned())
         .map(|file| async move {
             let lb = LayerBytes::new(&file, tar)?;
@@ -402,7 +411,7 @@ pub async fn pack(root: &Path, dest: &Store, opts: &PackOptions) -> Result<PackS
                     path: file.path.clone(),
                     source: io::Error::other(e),
                 })??;
-            let desc = descriptor_for(&lb, digest, tar);
+            let desc = descriptor_for(&lb, digest, opts);
             let present = dest.has_blob(&desc.digest).await?;
             if !present {
                 tracing::info!(file = %file.rel, size = desc.size, "uploading");

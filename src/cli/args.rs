@@ -73,6 +73,22 @@ pub enum Command {
     Pull(PullArgs),
     /// Show an artifact's manifest, config and layers without fetching the layers.
     Inspect(InspectArgs),
+    /// Encrypt an artifact's layers (ocicrypt) and write it to DEST.
+    ///
+    /// Every layer gets a fresh AES-256-CTR key, wrapped for each recipient: `jwe:PUBKEY`
+    /// (RSA or EC public key, PEM, DER or JWK; skopeo can decrypt these) and `kbs:///R/T/G`
+    /// (a Confidential Containers keyprovider annotation under a 32-byte KEK that the key
+    /// broker holds at that resource; the KEK itself comes from `--kek`). The config is not
+    /// encrypted.
+    ///
+    /// Example: modelcrypt encrypt oci:models:qwen3 docker://reg/models/qwen3:enc
+    ///   --recipient jwe:pub.pem --recipient kbs:///default/key/qwen3 --kek qwen3.kek
+    Encrypt(EncryptArgs),
+    /// Decrypt an artifact's encrypted layers and write the plain artifact to DEST.
+    Decrypt(DecryptArgs),
+    /// Generate key material: an RSA 4096 or EC P-256 pair (PEM, for `jwe:` recipients and
+    /// `--decryption-key`) or a random 32-byte KEK. Private files are written with mode 0600.
+    Keygen(KeygenArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +108,11 @@ pub struct PackArgs {
     /// The model's name in the config. Default: the directory's name.
     #[arg(long, env = MODELCRYPT_NAME)]
     pub name: Option<String>,
+    /// Use OCI image layer media types (`application/vnd.oci.image.layer.v1.tar`, implies
+    /// `--tar`) for consumers such as skopeo's encryptor and CoCo's image-rs that know no
+    /// others. Default: ModelPack media types.
+    #[arg(long, env = MODELCRYPT_OCI_MEDIA_TYPES, value_parser = BoolishValueParser::new())]
+    pub oci_media_types: bool,
     /// Layers hashed and uploaded at once. Default: 3.
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -118,6 +139,78 @@ pub struct PullArgs {
     /// Layers fetched at once. Default: 4.
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Keys that open encrypted layers.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// A private key for JWE recipients: PEM or DER (PKCS#8, PKCS#1, SEC1) or JWK. A password
+    /// for an encrypted PEM goes after a colon, as in skopeo: `KEY:pass=…`, `KEY:file=PWFILE`
+    /// or `KEY:env=VAR`. Repeatable; each key is tried on each layer.
+    #[arg(long = "decryption-key", value_name = "KEY", env = MODELCRYPT_DECRYPTION_KEY, value_delimiter = ',')]
+    pub decryption_keys: Vec<String>,
+    /// A key-encryption key file (32 raw bytes, or hex or base64 of them) that opens
+    /// Confidential Containers keyprovider annotations. Repeatable.
+    #[arg(long = "kek", value_name = "FILE", env = MODELCRYPT_KEK, value_delimiter = ',')]
+    pub keks: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EncryptArgs {
+    /// The artifact to encrypt.
+    pub src: String,
+    /// Where to write the encrypted artifact.
+    pub dest: String,
+    /// Who may decrypt: `jwe:PUBKEY_FILE` or `kbs:///REPO/TYPE/TAG`. Repeatable, any mix.
+    #[arg(long = "recipient", value_name = "RECIPIENT", required = true)]
+    pub recipients: Vec<String>,
+    /// The KEK for `kbs://` recipients: one for all of them, or one per recipient in order.
+    #[arg(long = "kek", value_name = "FILE")]
+    pub keks: Vec<PathBuf>,
+    /// Encrypt only this layer: an index (0-based, negative counts from the end, as skopeo's
+    /// `--encrypt-layer`) or a file path from `org.cncf.model.filepath`. Repeatable. Default:
+    /// every layer.
+    #[arg(
+        long = "encrypt-layer",
+        value_name = "INDEX|PATH",
+        allow_hyphen_values = true
+    )]
+    pub layers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecryptArgs {
+    /// The encrypted artifact.
+    pub src: String,
+    /// Where to write the plain artifact.
+    pub dest: String,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyKind {
+    /// RSA 4096: PKCS#8 private key and SPKI public key, PEM.
+    Rsa,
+    /// EC P-256: PKCS#8 private key and SPKI public key, PEM.
+    Ec,
+    /// 32 random bytes, raw: what coco_keyprovider and the key broker store.
+    Kek,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// What to generate.
+    #[arg(long = "type", value_enum, default_value = "rsa")]
+    pub kind: KeyKind,
+    /// Output file. For key pairs this is the private key; the public key goes to `OUT.pub`.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Replace existing files. Default: refuse.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -61,6 +61,9 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         Command::Copy(a) => cmd::copy::run(&ctx, a).await,
         Command::Pull(a) => cmd::pull::run(&ctx, a).await,
         Command::Inspect(a) => cmd::inspect::run(&ctx, a).await,
+        Command::Encrypt(a) => cmd::crypt::encrypt(&ctx, a).await,
+        Command::Decrypt(a) => cmd::crypt::decrypt(&ctx, a).await,
+        Command::Keygen(a) => cmd::keygen::run(&ctx, a),
     }
 }
 

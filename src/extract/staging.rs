@@ -202,8 +202,13 @@ impl Drop for Staging {
 pub struct AllVerified(());
 
 impl AllVerified {
-    /// One proof per layer, exactly as many as the manifest has layers.
-    pub fn collect(proofs: Vec<crate::digest::Verified>, layers: usize) -> Option<AllVerified> {
-        (proofs.len() == layers).then_some(AllVerified(()))
+    /// One digest proof per layer, and one HMAC proof per encrypted layer.
+    pub fn collect(
+        proofs: Vec<crate::pull::LayerProof>,
+        layers: usize,
+        encrypted: usize,
+    ) -> Option<AllVerified> {
+        let hmacs = proofs.iter().filter(|p| p.hmac.is_some()).count();
+        (proofs.len() == layers && hmacs == encrypted).then_some(AllVerified(()))
     }
 }

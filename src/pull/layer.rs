@@ -17,6 +17,8 @@ use crate::digest::{Verified, VerifyingReader};
 use crate::extract::{self, ExtractError, Extractor, FileAttrs, SafeRelPath, Written};
 use crate::manifest::Descriptor;
 use crate::modelpack::{Compression, FileMetadata, LayerFormat, Packing};
+use crate::ocicrypt::cipher::{DecryptingReader, HmacVerified};
+use crate::ocicrypt::{self, Keyring, LayerDecryption};
 
 use super::{LayerError, Reporter};
 
@@ -26,6 +28,8 @@ pub struct LayerPlan {
     pub index: usize,
     pub desc: Descriptor,
     pub target: Target,
+    /// For encrypted layers: the key and expected HMAC, found before any byte is fetched.
+    pub decrypt: Option<Arc<LayerDecryption>>,
 }
 
 /// How the layer's (decrypted) bytes become files.
@@ -38,11 +42,15 @@ pub enum Target {
 }
 
 impl LayerPlan {
-    pub fn new(index: usize, desc: &Descriptor) -> Result<LayerPlan, LayerError> {
+    pub fn new(index: usize, desc: &Descriptor, keys: &Keyring) -> Result<LayerPlan, LayerError> {
         let format = LayerFormat::of(&desc.media_type).map_err(LayerError::MediaType)?;
-        if format.encrypted {
-            return Err(LayerError::Encrypted);
-        }
+        let decrypt = match format.encrypted {
+            false => None,
+            true if keys.is_empty() => return Err(LayerError::Encrypted),
+            true => Some(Arc::new(
+                ocicrypt::layer_decryption(desc, keys).map_err(LayerError::Key)?,
+            )),
+        };
         if let Some(urls) = &desc.urls {
             if !urls.is_empty() {
                 return Err(LayerError::ForeignUrls);
@@ -61,6 +69,7 @@ impl LayerPlan {
             index,
             desc: desc.clone(),
             target,
+            decrypt,
         })
     }
 
@@ -120,32 +129,55 @@ impl<R: Read> Read for Tap<R> {
     }
 }
 
-/// Runs the whole stack for one layer. On success the blob verified and its files are in the
-/// staging directory.
+/// What a layer proved: its digest, and its HMAC if it was encrypted.
+#[derive(Debug)]
+pub struct LayerProof {
+    pub digest: Verified,
+    pub hmac: Option<HmacVerified>,
+}
+
+/// Runs the whole stack for one layer. On success the blob verified (digest, and HMAC when
+/// encrypted) and its files are in the staging directory.
 pub fn run<R: Read>(
     plan: &LayerPlan,
     source: R,
     ex: &Extractor,
-) -> Result<(Written, Verified), LayerError> {
+) -> Result<(Written, LayerProof), LayerError> {
     let mut verifier = VerifyingReader::new(source, plan.desc.digest.clone(), plan.desc.size);
     let mut buf = Vec::new();
-    let extracted = unpack(plan, &mut verifier, ex, &mut buf);
-    let written = match extracted {
-        Ok(w) => w,
-        // A stream error may really be a short or tampered blob: say that if it is.
-        Err(e) if e.is_stream_error() => {
-            return match verifier.finish() {
-                Ok(Err(mismatch)) => Err(LayerError::Mismatch(mismatch)),
-                _ => Err(LayerError::Extract(e)),
+    let (extracted, hmac) = match &plan.decrypt {
+        None => (unpack(plan, &mut verifier, ex, &mut buf), None),
+        Some(d) => {
+            let mut plain = DecryptingReader::new(&mut verifier, &d.key, &d.hmac)
+                .map_err(LayerError::Source)?;
+            let extracted = unpack(plan, &mut plain, ex, &mut buf);
+            // Content the extractor refused fails the layer whatever the HMAC says; otherwise
+            // drain through the decryptor so the HMAC covers every byte.
+            let hmac = match &extracted {
+                Err(e) if !e.is_stream_error() => None,
+                _ => Some(plain.finish()),
             };
+            (extracted, hmac)
         }
-        Err(e) => return Err(LayerError::Extract(e)),
     };
-    let verified = verifier
+    let extracted = match extracted {
+        Err(e) if !e.is_stream_error() => return Err(LayerError::Extract(e)),
+        other => other,
+    };
+    // Precedence: a wrong blob (digest), then a wrong ciphertext (HMAC), then the stream.
+    let digest = verifier
         .finish()
         .map_err(LayerError::Source)?
         .map_err(LayerError::Mismatch)?;
-    Ok((written, verified))
+    let hmac = match hmac {
+        None => None,
+        Some(r) => Some(
+            r.map_err(LayerError::Source)?
+                .map_err(|_| LayerError::Hmac)?,
+        ),
+    };
+    let written = extracted.map_err(LayerError::Extract)?;
+    Ok((written, LayerProof { digest, hmac }))
 }
 
 fn unpack(

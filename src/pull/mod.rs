@@ -13,22 +13,27 @@ use futures_util::StreamExt;
 use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
-use crate::digest::{Digest, Mismatch, Verified};
+use crate::digest::{Digest, Mismatch};
 use crate::extract::staging::{AllVerified, Marker, Staging, StagingError};
 use crate::extract::{ExtractError, Extractor, Written};
 use crate::modelpack::{BadMetadata, UnknownMediaType};
+use crate::ocicrypt::Keyring;
 use crate::reference::ImageRef;
 use crate::store::{Store, StoreError};
 
-pub use layer::LayerPlan;
+pub use layer::{LayerPlan, LayerProof};
 
 /// What went wrong with one layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     #[error(transparent)]
     MediaType(UnknownMediaType),
-    #[error("the layer is encrypted and no decryption key was given")]
+    #[error("the layer is encrypted and no decryption key or KEK was given")]
     Encrypted,
+    #[error("cannot find the layer's key")]
+    Key(#[source] crate::ocicrypt::OcicryptError),
+    #[error("the ciphertext failed its HMAC check: tampered, or not what was encrypted")]
+    Hmac,
     #[error("the layer points at foreign URLs, which are not fetched")]
     ForeignUrls,
     #[error("the raw layer has no `org.cncf.model.filepath` annotation, so its file has no name")]
@@ -93,15 +98,20 @@ impl Reporter for NoopReporter {
     fn on_layer_done(&self, _: usize) {}
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PullOptions {
     /// Layers fetched at once. Default: 4.
     pub concurrency: usize,
+    /// Keys for encrypted layers.
+    pub keys: Keyring,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { concurrency: 4 }
+        PullOptions {
+            concurrency: 4,
+            keys: Keyring::default(),
+        }
     }
 }
 
@@ -141,7 +151,7 @@ pub async fn pull(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            LayerPlan::new(i, d).map_err(|source| PullError::Layer {
+            LayerPlan::new(i, d, &opts.keys).map_err(|source| PullError::Layer {
                 reference: src.to_string(),
                 label: layer_label(i, d),
                 source,
@@ -179,11 +189,17 @@ pub async fn pull(
 
     let layers = manifest.layers.len();
     let blob_bytes = manifest.layers.iter().map(|l| l.size).sum();
-    let proof = AllVerified::collect(proofs, layers).ok_or_else(|| PullError::Layer {
-        reference: src.to_string(),
-        label: "(count)".into(),
-        source: LayerError::Panicked,
-    })?;
+    let encrypted = manifest
+        .layers
+        .iter()
+        .filter(|l| crate::ocicrypt::is_encrypted(l))
+        .count();
+    let proof =
+        AllVerified::collect(proofs, layers, encrypted).ok_or_else(|| PullError::Layer {
+            reference: src.to_string(),
+            label: "(count)".into(),
+            source: LayerError::Panicked,
+        })?;
     let marker = Marker {
         manifest_digest: resolved.digest.clone(),
         reference: src.to_string(),
@@ -223,7 +239,7 @@ async fn fetch_all(
     ex: &Arc<Extractor>,
     opts: &PullOptions,
     reporter: Arc<dyn Reporter>,
-) -> Result<(Written, Vec<Verified>), PullError> {
+) -> Result<(Written, Vec<LayerProof>), PullError> {
     plans.sort_by_key(|p| std::cmp::Reverse(p.desc.size));
     let cancelled = Arc::new(AtomicBool::new(false));
     let mut running = futures_util::stream::iter(plans)
@@ -264,7 +280,7 @@ async fn fetch_one(
     ex: Arc<Extractor>,
     reporter: Arc<dyn Reporter>,
     cancelled: Arc<AtomicBool>,
-) -> (String, Result<(Written, Verified), LayerError>) {
+) -> (String, Result<(Written, LayerProof), LayerError>) {
     let label = plan.label();
     if cancelled.load(Ordering::Relaxed) {
         return (label, Err(LayerError::Cancelled));

@@ -1,7 +1,9 @@
 //! One short file per subcommand: parse references, open stores, call the library, print.
 
 pub mod copy;
+pub mod crypt;
 pub mod inspect;
+pub mod keygen;
 pub mod pack;
 pub mod pull;
 

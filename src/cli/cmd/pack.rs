@@ -6,7 +6,8 @@ use crate::pack::{self, PackOptions};
 pub async fn run(ctx: &Context, a: PackArgs) -> Result<(), Error> {
     let (dest_ref, dest) = super::open(ctx, &a.dest, true).await?;
     let opts = PackOptions {
-        tar: a.tar,
+        tar: a.tar || a.oci_media_types,
+        oci_media_types: a.oci_media_types,
         reproducible: a.reproducible,
         name: a.name,
         concurrency: a.concurrency.into(),

@@ -4,11 +4,14 @@ use crate::cli::args::PullArgs;
 use crate::cli::reporter::Bars;
 use crate::cli::{mb, Context};
 use crate::error::Error;
+use crate::ocicrypt::Keyring;
 use crate::pull::{self, NoopReporter, PullOptions, Reporter};
 
 pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
     let (src, store) = super::open(ctx, &a.src, false).await?;
+    let keys = Keyring::load(&a.keys.decryption_keys, &a.keys.keks)?;
     let opts = PullOptions {
+        keys,
         concurrency: a.concurrency.into(),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
