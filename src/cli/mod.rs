@@ -138,7 +138,13 @@ fn render_error(e: &Error) {
     }
 }
 
-/// Bytes as MB (10^6), the unit the benchmarks quote.
+/// Bytes in decimal units (kB, MB, GB: powers of 10, as the benchmarks quote them).
 pub(crate) fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
 }
