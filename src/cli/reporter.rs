@@ -40,13 +40,17 @@ impl Bars {
 }
 
 impl Reporter for Bars {
+    fn on_pull_start(&self, _layers: usize, bytes: u64) {
+        self.total.set_length(bytes);
+    }
+
     fn on_layer_start(&self, name: &str, size: u64) -> usize {
         let bar = self
             .multi
             .insert_before(&self.total, ProgressBar::new(size));
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),

@@ -73,6 +73,14 @@ impl LayerPlan {
         })
     }
 
+    /// What a progress bar calls the layer: its file path, or its digest.
+    pub fn name(&self) -> String {
+        match crate::modelpack::filepath(&self.desc) {
+            Some(p) => p.to_string(),
+            None => self.desc.digest.to_string(),
+        }
+    }
+
     /// A short name for messages: the file path if the layer has one.
     pub fn label(&self) -> String {
         match crate::modelpack::filepath(&self.desc) {

@@ -83,6 +83,8 @@ impl PullError {
 
 /// Progress callbacks. The CLI draws bars; the library never writes to the terminal.
 pub trait Reporter: Send + Sync {
+    /// The whole pull: how many layers and bytes will be fetched.
+    fn on_pull_start(&self, _layers: usize, _bytes: u64) {}
     fn on_layer_start(&self, name: &str, size: u64) -> usize;
     fn on_layer_progress(&self, id: usize, bytes: u64);
     fn on_layer_done(&self, id: usize);
@@ -180,6 +182,10 @@ pub async fn pull(
     staging.check_destination()?;
 
     let extractor = Arc::new(Extractor::new(staging.root().to_path_buf()));
+    reporter.on_pull_start(
+        manifest.layers.len(),
+        manifest.layers.iter().map(|l| l.size).sum(),
+    );
     let (written, proofs) = fetch_all(src, store, plans, &extractor, opts, reporter).await?;
     let ex = extractor.clone();
     tokio::task::spawn_blocking(move || ex.finish())
@@ -289,7 +295,7 @@ async fn fetch_one(
     let result = async {
         let source = store.blob(&plan.desc, 0).await.map_err(LayerError::Fetch)?;
         let size = plan.desc.size;
-        let id = reporter.on_layer_start(&label, size);
+        let id = reporter.on_layer_start(&plan.name(), size);
         let tap = layer::Tap {
             inner: SyncIoBridge::new(source),
             reporter: reporter.clone(),

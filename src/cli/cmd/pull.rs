@@ -34,12 +34,26 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         return Ok(());
     }
     let secs = s.elapsed.as_secs_f64().max(1e-6);
+    let rate = s.blob_bytes as f64 / 1e6 / secs;
+    if ctx.json {
+        // Structured, so a log pipeline can chart it.
+        tracing::info!(
+            files = s.files,
+            bytes = s.bytes,
+            seconds = secs,
+            mb_per_s = rate,
+            digest = %s.manifest_digest,
+            to = %s.destination.display(),
+            "pulled"
+        );
+        return Ok(());
+    }
     ctx.summary(&format!(
         "pulled {} files, {} in {:.2} s ({:.0} MB/s) into {} ({})",
         s.files,
         mb(s.bytes),
         secs,
-        s.blob_bytes as f64 / 1e6 / secs,
+        rate,
         s.destination.display(),
         s.manifest_digest
     ));
