@@ -9,3 +9,4 @@ mod encrypted;
 mod harness;
 mod hostile;
 mod roundtrip;
+mod skopeo_crypt;
