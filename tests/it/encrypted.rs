@@ -390,3 +390,34 @@ fn the_hmac_covers_bytes_after_the_end_of_the_tar_archive() {
     write_manifest(&layout, &m);
     assert_pull_fails_cleanly(tmp.path(), &enc, &["--kek", &kek], &["HMAC"]);
 }
+
+#[test]
+fn keygen_pairs_encrypt_and_pull_end_to_end_for_rsa_and_ec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model_dir(tmp.path());
+    let plain = format!("oci:{}:v1", tmp.path().join("plain").display());
+    run_ok(&["pack", model.to_str().unwrap(), &plain]);
+    for kind in ["rsa", "ec"] {
+        let private = tmp.path().join(format!("{kind}.pem"));
+        run_ok(&["keygen", "--type", kind, "--out", private.to_str().unwrap()]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{kind} private key mode");
+        let public = format!("jwe:{}.pub", private.display());
+        let enc = format!(
+            "oci:{}:v1",
+            tmp.path().join(format!("enc-{kind}")).display()
+        );
+        run_ok(&["encrypt", &plain, &enc, "--recipient", &public]);
+        let dest = tmp.path().join(format!("out-{kind}"));
+        run_ok(&[
+            "pull",
+            &enc,
+            "--to",
+            dest.to_str().unwrap(),
+            "--decryption-key",
+            private.to_str().unwrap(),
+        ]);
+        assert_eq!(model_files(&dest), model_files(&model));
+    }
+}
