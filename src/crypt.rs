@@ -92,13 +92,6 @@ pub struct CryptSummary {
     pub bytes: u64,
 }
 
-fn label(i: usize, d: &Descriptor) -> String {
-    match modelpack::filepath(d) {
-        Some(p) => format!("`{p}` ({})", d.digest),
-        None => format!("#{i} ({})", d.digest),
-    }
-}
-
 /// Encrypts the selected layers of `src` for `recipients` and writes the artifact to `dest`.
 /// Layers already encrypted are copied unchanged, as skopeo does.
 #[tracing::instrument(skip_all, fields(from = %src_ref))]
@@ -122,7 +115,7 @@ pub async fn encrypt(
                         copy_blob(src, dest, &desc)
                             .await
                             .map_err(|source| CryptError::Layer {
-                                label: label(i, &desc),
+                                label: modelpack::layer_label(i, &desc),
                                 source: LayerCryptError::Store(source),
                             })?;
                         return Ok((desc, false));
@@ -131,7 +124,7 @@ pub async fn encrypt(
                         encrypt_layer(src, dest, &desc, recipients)
                             .await
                             .map_err(|source| CryptError::Layer {
-                                label: label(i, &desc),
+                                label: modelpack::layer_label(i, &desc),
                                 source,
                             })?;
                     Ok::<_, CryptError>((out, true))
@@ -168,7 +161,7 @@ pub async fn decrypt(
             ocicrypt::layer_decryption(d, keys)
                 .map(|k| Some(Arc::new(k)))
                 .map_err(|e| CryptError::Layer {
-                    label: label(i, d),
+                    label: modelpack::layer_label(i, d),
                     source: e.into(),
                 })
         })
@@ -181,7 +174,7 @@ pub async fn decrypt(
                     copy_blob(src, dest, &desc)
                         .await
                         .map_err(|source| CryptError::Layer {
-                            label: label(i, &desc),
+                            label: modelpack::layer_label(i, &desc),
                             source: LayerCryptError::Store(source),
                         })?;
                     return Ok((desc, false));
@@ -189,7 +182,7 @@ pub async fn decrypt(
                 let out = decrypt_layer(src, dest, &desc, plan)
                     .await
                     .map_err(|source| CryptError::Layer {
-                        label: label(i, &desc),
+                        label: modelpack::layer_label(i, &desc),
                         source,
                     })?;
                 Ok::<_, CryptError>((out, true))

@@ -129,6 +129,14 @@ pub fn filepath(desc: &Descriptor) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// How messages name a layer: its file path and digest, or its index and digest.
+pub fn layer_label(index: usize, desc: &Descriptor) -> String {
+    match filepath(desc) {
+        Some(p) => format!("`{p}` ({})", desc.digest),
+        None => format!("#{index} ({})", desc.digest),
+    }
+}
+
 /// `org.cncf.model.file.metadata+json`, as modctl writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMetadata {

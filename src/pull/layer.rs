@@ -81,12 +81,9 @@ impl LayerPlan {
         }
     }
 
-    /// A short name for messages: the file path if the layer has one.
+    /// How messages name the layer.
     pub fn label(&self) -> String {
-        match crate::modelpack::filepath(&self.desc) {
-            Some(p) => format!("`{}` ({})", p, self.desc.digest),
-            None => format!("#{} ({})", self.index, self.desc.digest),
-        }
+        crate::modelpack::layer_label(self.index, &self.desc)
     }
 }
 

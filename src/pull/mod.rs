@@ -69,6 +69,8 @@ pub enum PullError {
     },
     #[error("cannot finish the extracted tree")]
     Finish(#[source] ExtractError),
+    #[error("internal error: not every one of the {layers} layers ({encrypted} encrypted) has its proofs")]
+    Unverified { layers: usize, encrypted: usize },
 }
 
 impl PullError {
@@ -147,20 +149,6 @@ pub async fn pull(
     let manifest = &resolved.manifest;
     tracing::info!(digest = %resolved.digest, layers = manifest.layers.len(), "resolved manifest");
 
-    // Every layer is checked (media type, file path, metadata) before a byte is fetched.
-    let plans = manifest
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            LayerPlan::new(i, d, &opts.keys).map_err(|source| PullError::Layer {
-                reference: src.to_string(),
-                label: layer_label(i, d),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
     let dest_owned = dest.to_path_buf();
     let staging = tokio::task::spawn_blocking(move || Staging::prepare(&dest_owned))
         .await
@@ -179,6 +167,20 @@ pub async fn pull(
             });
         }
     }
+    // Every layer is checked (media type, file path, metadata, key) before a byte is fetched.
+    let plans = manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            LayerPlan::new(i, d, &opts.keys).map_err(|source| PullError::Layer {
+                reference: src.to_string(),
+                label: crate::modelpack::layer_label(i, d),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
     staging.check_destination()?;
 
     let extractor = Arc::new(Extractor::new(staging.root().to_path_buf()));
@@ -200,12 +202,8 @@ pub async fn pull(
         .iter()
         .filter(|l| crate::ocicrypt::is_encrypted(l))
         .count();
-    let proof =
-        AllVerified::collect(proofs, layers, encrypted).ok_or_else(|| PullError::Layer {
-            reference: src.to_string(),
-            label: "(count)".into(),
-            source: LayerError::Panicked,
-        })?;
+    let proof = AllVerified::collect(proofs, layers, encrypted)
+        .ok_or(PullError::Unverified { layers, encrypted })?;
     let marker = Marker {
         manifest_digest: resolved.digest.clone(),
         reference: src.to_string(),
@@ -225,13 +223,6 @@ pub async fn pull(
         elapsed: started.elapsed(),
         up_to_date: false,
     })
-}
-
-fn layer_label(i: usize, d: &crate::manifest::Descriptor) -> String {
-    match crate::modelpack::filepath(d) {
-        Some(p) => format!("`{}` ({})", p, d.digest),
-        None => format!("#{i} ({})", d.digest),
-    }
 }
 
 /// Runs the layers with bounded concurrency, biggest first so a large layer never waits behind
