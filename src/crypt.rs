@@ -1,17 +1,18 @@
 //! `encrypt` and `decrypt`: rewrite an artifact's layers with ocicrypt, streaming.
 //!
-//! A layer's output digest must be known before the registry accepts the upload, so each
-//! layer is streamed twice: once to hash the output, once to upload it. The cipher is
-//! deterministic for a given key and nonce, and the destination re-checks the digest, so a
-//! source that changed in between fails instead of publishing something else.
+//! Each layer is read once: a blocking thread verifies the source digest and runs the cipher,
+//! and hands the output through a bounded channel to an upload whose digest is computed as it
+//! goes (a chunked registry upload, or a temporary file renamed at the end). A failure on
+//! either side aborts the upload instead of storing a truncated blob.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::SyncIoBridge;
 
-use crate::digest::{Digest, Hasher, Mismatch, VerifyingReader};
+use crate::digest::{Digest, Mismatch, VerifyingReader};
 use crate::manifest::{Descriptor, Manifest, MEDIA_TYPE_MANIFEST};
 use crate::modelpack;
 use crate::ocicrypt::cipher::{DecryptingReader, EncryptingReader, LayerKey, HMAC_LEN};
@@ -234,24 +235,55 @@ enum Direction {
     Decrypt(Arc<ocicrypt::LayerDecryption>),
 }
 
-/// What a full pass over a layer learned.
-struct PassResult {
-    digest: Digest,
-    size: u64,
-    hmac: Option<[u8; HMAC_LEN]>,
+/// Output chunks handed to the upload; two in flight bound the memory.
+const CHANNEL_CHUNK: usize = 4 << 20;
+
+/// A `Write` that sends full chunks to the uploading task.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
 }
 
-/// Streams `desc` from `src` through the source digest check and `dir`, writing the output to
-/// `out`. Runs on a blocking thread.
+impl ChannelWriter {
+    fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
+        self.tx
+            .blocking_send(item)
+            .map_err(|_| io::Error::other("the upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHANNEL_CHUNK {
+            let full = Bytes::from(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(CHANNEL_CHUNK),
+            ));
+            self.send(Ok(full))?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let rest = Bytes::from(std::mem::take(&mut self.buf));
+            self.send(Ok(rest))?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams `desc` from its source through the digest check and `dir` into `out`; returns the
+/// output size and, when encrypting, the HMAC. Runs on a blocking thread.
 fn pass(
     source: BlobReader,
     desc: &Descriptor,
     dir: &Direction,
     out: &mut dyn Write,
-) -> Result<PassResult, LayerCryptError> {
+) -> Result<(u64, Option<[u8; HMAC_LEN]>), LayerCryptError> {
     let mut verifier =
         VerifyingReader::new(SyncIoBridge::new(source), desc.digest.clone(), desc.size);
-    let mut hasher = Hasher::sha256();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     let mut pump = |r: &mut dyn Read| -> Result<(), LayerCryptError> {
@@ -262,7 +294,6 @@ fn pass(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(LayerCryptError::Io(e)),
             };
-            hasher.update(&buf[..n]);
             size += n as u64;
             out.write_all(&buf[..n]).map_err(LayerCryptError::Io)?;
         }
@@ -283,61 +314,67 @@ fn pass(
             None
         }
     };
+    // Everything is checked before the last chunk goes out, so a bad source never completes
+    // an upload.
     verifier
         .finish()
         .map_err(LayerCryptError::Io)?
         .map_err(LayerCryptError::Source)?;
-    Ok(PassResult {
-        digest: hasher.finish(),
-        size,
-        hmac,
-    })
+    out.flush().map_err(LayerCryptError::Io)?;
+    Ok((size, hmac))
 }
 
-/// Pass 1: learn the output digest (and HMAC) without storing anything.
-async fn measure(
-    src: &Store,
-    desc: &Descriptor,
-    dir: &Direction,
-) -> Result<PassResult, LayerCryptError> {
-    let source = src.blob(desc, 0).await.map_err(LayerCryptError::Store)?;
-    let (desc, dir) = (desc.clone(), dir.clone());
-    tokio::task::spawn_blocking(move || pass(source, &desc, &dir, &mut io::sink()))
-        .await
-        .map_err(|e| LayerCryptError::Io(io::Error::other(e)))?
-}
-
-/// Pass 2: the same transform again, piped into the destination's upload.
-async fn upload(
+/// Transforms one layer in a single read of its source; returns the stored output's digest
+/// and size, and the HMAC when encrypting.
+async fn transform(
     src: &Store,
     dest: &Store,
     desc: &Descriptor,
-    dir: &Direction,
-    out: &Descriptor,
-) -> Result<(), LayerCryptError> {
-    if dest
-        .has_blob(&out.digest)
-        .await
-        .map_err(LayerCryptError::Store)?
-    {
-        return Ok(());
-    }
+    dir: Direction,
+) -> Result<(Digest, u64, Option<[u8; HMAC_LEN]>), LayerCryptError> {
     let source = src.blob(desc, 0).await.map_err(LayerCryptError::Store)?;
-    let (reader, writer) = tokio::io::duplex(4 << 20);
-    let (desc2, dir2) = (desc.clone(), dir.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
+    let desc2 = desc.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let mut w = SyncIoBridge::new(writer);
-        let r = pass(source, &desc2, &dir2, &mut w);
-        let _ = w.shutdown();
-        r
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHANNEL_CHUNK),
+        };
+        let result = pass(source, &desc2, &dir, &mut w);
+        if let Err(e) = &result {
+            // Fail the upload rather than let it end early and store a truncated blob.
+            let _ = w.send(Err(io::Error::other(e.to_string())));
+        }
+        result
     });
-    let uploaded = dest.put_blob(out, Box::pin(reader)).await;
+    let reader = tokio_util::io::StreamReader::new(tokio_stream_from(rx));
+    let stored = if desc.size == 0 {
+        // Registries refuse empty chunked uploads; an empty input gives an empty output.
+        let empty = Descriptor::new(&desc.media_type, Digest::sha256(b""), 0);
+        dest.put_blob(&empty, Box::pin(reader))
+            .await
+            .map(|()| (empty.digest, 0))
+    } else {
+        dest.put_blob_streamed(Box::pin(reader)).await
+    };
     let produced = producer
         .await
         .map_err(|e| LayerCryptError::Io(io::Error::other(e)))?;
-    // The producer's error explains an upload that ended early.
-    produced?;
-    uploaded.map_err(LayerCryptError::Store)
+    // The producer's error explains why an upload failed.
+    let (size, hmac) = produced?;
+    let (digest, stored_size) = stored.map_err(LayerCryptError::Store)?;
+    if stored_size != size {
+        return Err(LayerCryptError::Io(io::Error::other(format!(
+            "stored {stored_size} bytes, produced {size}"
+        ))));
+    }
+    Ok((digest, size, hmac))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn encrypt_layer(
@@ -347,13 +384,16 @@ async fn encrypt_layer(
     recipients: Arc<Recipients>,
 ) -> Result<Descriptor, LayerCryptError> {
     let key = LayerKey::generate().map_err(OcicryptError::from)?;
-    let dir = Direction::Encrypt(key.clone());
-    let measured = measure(src, desc, &dir).await?;
+    let (digest, _, hmac) = transform(src, dest, desc, Direction::Encrypt(key.clone())).await?;
     // INVARIANT: an encrypting pass that read to the end always yields its HMAC.
-    let hmac = measured.hmac.expect("an encrypting pass yields an HMAC");
-    let out = ocicrypt::encrypted_descriptor(desc, measured.digest, &key, &hmac, &recipients)?;
-    upload(src, dest, desc, &dir, &out).await?;
-    Ok(out)
+    let hmac = hmac.expect("an encrypting pass yields an HMAC");
+    Ok(ocicrypt::encrypted_descriptor(
+        desc,
+        digest,
+        &key,
+        &hmac,
+        &recipients,
+    )?)
 }
 
 async fn decrypt_layer(
@@ -362,10 +402,8 @@ async fn decrypt_layer(
     desc: &Descriptor,
     plan: Arc<ocicrypt::LayerDecryption>,
 ) -> Result<Descriptor, LayerCryptError> {
-    let dir = Direction::Decrypt(plan);
-    let measured = measure(src, desc, &dir).await?;
-    let mut out = ocicrypt::decrypted_descriptor(desc, measured.digest);
-    out.size = measured.size;
-    upload(src, dest, desc, &dir, &out).await?;
+    let (digest, size, _) = transform(src, dest, desc, Direction::Decrypt(plan)).await?;
+    let mut out = ocicrypt::decrypted_descriptor(desc, digest);
+    out.size = size;
     Ok(out)
 }

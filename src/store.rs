@@ -181,6 +181,15 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a blob whose digest is only known once all of it was read, in one pass.
+    pub async fn put_blob_streamed(&self, reader: BlobReader) -> Result<(Digest, u64), StoreError> {
+        Ok(match self {
+            Store::Registry(r) => r.put_blob_streamed(reader).await?,
+            Store::Layout(l) => l.put_blob_streamed(reader).await?,
+            Store::Dir(d) => d.put_blob_streamed(reader).await?,
+        })
+    }
+
     /// Stores the manifest bytes unchanged and returns their digest.
     pub async fn put_manifest(&self, raw: &[u8], media_type: &str) -> Result<Digest, StoreError> {
         Ok(match self {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{io_err, open_blob, read_small, write_atomic, write_verified, LayoutError};
+use super::{io_err, open_blob, read_small, write_atomic, write_blob, LayoutError};
 use crate::digest::{Algorithm, Digest};
 use crate::manifest::{Descriptor, MAX_MANIFEST_BYTES};
 use crate::registry::BlobReader;
@@ -69,7 +69,24 @@ impl DirLayout {
 
     pub async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<(), LayoutError> {
         self.init()?;
-        write_verified(&self.dir, &self.blob_path(&desc.digest), desc, reader).await
+        write_blob(
+            &self.dir,
+            &self.dir,
+            Some(desc),
+            |d| self.blob_path(d),
+            reader,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a blob whose digest is only known once it was read.
+    pub async fn put_blob_streamed(
+        &self,
+        reader: BlobReader,
+    ) -> Result<(Digest, u64), LayoutError> {
+        self.init()?;
+        write_blob(&self.dir, &self.dir, None, |d| self.blob_path(d), reader).await
     }
 
     pub async fn put_manifest(&self, raw: &[u8], _media_type: &str) -> Result<Digest, LayoutError> {

@@ -193,8 +193,26 @@ impl Layout {
         reader: crate::registry::BlobReader,
     ) -> Result<(), LayoutError> {
         self.init()?;
-        let dest = self.blob_path(&desc.digest);
-        write_verified(&self.dir, &dest, desc, reader).await
+        let tmp_dir = self.dir.join("blobs/sha256");
+        write_blob(
+            &self.dir,
+            &tmp_dir,
+            Some(desc),
+            |d| self.blob_path(d),
+            reader,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a blob whose digest is only known once it was read.
+    pub async fn put_blob_streamed(
+        &self,
+        reader: crate::registry::BlobReader,
+    ) -> Result<(Digest, u64), LayoutError> {
+        self.init()?;
+        let tmp_dir = self.dir.join("blobs/sha256");
+        write_blob(&self.dir, &tmp_dir, None, |d| self.blob_path(d), reader).await
     }
 
     /// Stores the manifest blob and points the tag at it in `index.json`.
@@ -311,19 +329,27 @@ pub(crate) async fn open_blob(
     Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f)))
 }
 
-/// Copies `reader` into `dest` through a temporary file, checking size and digest first.
-pub(crate) async fn write_verified(
+/// Copies `reader` into a temporary file next to the blobs, hashing it, and renames it to
+/// `path_for(digest)`. With `expected`, a size or digest that differs fails before the rename;
+/// without it (a blob whose digest is only known at the end) the digest is the one computed.
+pub(crate) async fn write_blob(
     dir: &Path,
-    dest: &Path,
-    desc: &Descriptor,
+    tmp_dir: &Path,
+    expected: Option<&Descriptor>,
+    path_for: impl Fn(&Digest) -> PathBuf,
     mut reader: crate::registry::BlobReader,
-) -> Result<(), LayoutError> {
+) -> Result<(Digest, u64), LayoutError> {
     use tokio::io::AsyncReadExt;
-    let parent = dest.parent().unwrap_or(dir);
-    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), desc.digest.hex()));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = tmp_dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let limit = expected.map(|d| d.size);
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-        let mut hasher = Hasher::new(desc.digest.algorithm());
+        let algorithm = expected
+            .map(|d| d.digest.algorithm())
+            .unwrap_or(crate::digest::Algorithm::Sha256);
+        let mut hasher = Hasher::new(algorithm);
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -331,40 +357,46 @@ pub(crate) async fn write_verified(
                 .read(&mut buf)
                 .await
                 .map_err(|source| LayoutError::Io {
-                    path: dest.to_path_buf(),
+                    path: tmp.clone(),
                     source,
                 })?;
             if n == 0 {
                 break;
             }
             total += n as u64;
-            if total > desc.size {
+            if limit.is_some_and(|l| total > l) {
                 break;
             }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).await.map_err(io_err(&tmp))?;
         }
         file.flush().await.map_err(io_err(&tmp))?;
-        let mismatch = if total != desc.size {
-            Some(Mismatch::Size {
-                expected: desc.size,
-                actual: total,
-            })
-        } else {
-            let actual = hasher.finish();
-            (actual != desc.digest).then(|| Mismatch::Digest {
-                expected: desc.digest.clone(),
-                actual,
-            })
-        };
-        if let Some(mismatch) = mismatch {
-            return Err(LayoutError::Mismatch {
-                dir: dir.to_path_buf(),
-                digest: desc.digest.clone(),
-                mismatch,
-            });
+        let actual = hasher.finish();
+        if let Some(desc) = expected {
+            let mismatch = if total != desc.size {
+                Some(Mismatch::Size {
+                    expected: desc.size,
+                    actual: total,
+                })
+            } else {
+                (actual != desc.digest).then(|| Mismatch::Digest {
+                    expected: desc.digest.clone(),
+                    actual: actual.clone(),
+                })
+            };
+            if let Some(mismatch) = mismatch {
+                return Err(LayoutError::Mismatch {
+                    dir: dir.to_path_buf(),
+                    digest: desc.digest.clone(),
+                    mismatch,
+                });
+            }
         }
-        tokio::fs::rename(&tmp, dest).await.map_err(io_err(dest))
+        let dest = path_for(&actual);
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(io_err(&dest))?;
+        Ok((actual, total))
     }
     .await;
     if result.is_err() {

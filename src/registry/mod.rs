@@ -62,11 +62,11 @@ pub enum RegistryError {
         #[source]
         source: OciDistributionError,
     },
-    #[error("cannot read the source of blob `{digest}`")]
-    PushSource {
-        digest: Digest,
+    #[error("cannot upload a blob to `{reference}`")]
+    PushStreamed {
+        reference: String,
         #[source]
-        source: std::io::Error,
+        source: OciDistributionError,
     },
     #[error("cannot push the manifest to `{reference}`")]
     PushManifest {
@@ -168,6 +168,11 @@ impl Registry {
     /// Streams a blob from `offset`. The stream is not verified here: the pull pipeline hashes
     /// every byte itself, once, instead of twice.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, RegistryError> {
+        // `Range: bytes=0-` on an empty blob is unsatisfiable (416); there is nothing to fetch,
+        // and the caller's verifier still checks that the digest is the empty one.
+        if desc.size == 0 && offset == 0 {
+            return Ok(Box::pin(tokio::io::empty()));
+        }
         let oci = to_oci(desc);
         let err = |source| RegistryError::Pull {
             reference: self.name(),
@@ -230,6 +235,35 @@ impl Registry {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Uploads a blob whose digest is only known at the end; the client hashes as it sends.
+    pub async fn put_blob_streamed(
+        &self,
+        reader: BlobReader,
+    ) -> Result<(Digest, u64), RegistryError> {
+        let chunks = chunk_stream(reader).map_err(|e| {
+            OciDistributionError::GenericError(Some(format!("reading the blob: {e}")))
+        });
+        let r = self
+            .client
+            .push_blob_stream_chunked(&self.reference, chunks)
+            .await
+            .map_err(|source| RegistryError::PushStreamed {
+                reference: self.name(),
+                source,
+            })?;
+        let digest = r
+            .blob_digest
+            .parse()
+            .map_err(|_| RegistryError::PushStreamed {
+                reference: self.name(),
+                source: OciDistributionError::GenericError(Some(format!(
+                    "unexpected digest `{}`",
+                    r.blob_digest
+                ))),
+            })?;
+        Ok((digest, r.size))
     }
 
     pub async fn put_manifest(&self, raw: &[u8], media_type: &str) -> Result<(), RegistryError> {

@@ -421,3 +421,128 @@ fn keygen_pairs_encrypt_and_pull_end_to_end_for_rsa_and_ec() {
         assert_eq!(model_files(&dest), model_files(&model));
     }
 }
+
+#[test]
+fn encrypting_a_corrupt_source_fails_and_stores_no_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = keygen_kek(tmp.path(), "kek.bin");
+    let model = make_model_dir(tmp.path());
+    let layout = tmp.path().join("plain");
+    let plain = format!("oci:{}:v1", layout.display());
+    run_ok(&["pack", model.to_str().unwrap(), &plain]);
+    let (_, m) = manifest_of(&layout);
+    let i = weights_index(&m);
+    let digest = m["layers"][i]["digest"].as_str().unwrap().to_string();
+    let path = layout.join("blobs/sha256").join(&digest[7..]);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, bytes).unwrap();
+
+    let dest = tmp.path().join("enc");
+    let out = modelcrypt([
+        "encrypt",
+        &plain,
+        &format!("oci:{}:v1", dest.display()),
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        &kek,
+    ]);
+    assert_failure_contains(&out, &["digest mismatch", &digest]);
+    // Other layers may have been stored; the weights' ciphertext must not be, and no
+    // temporary file may remain. Every blob left is named by its own digest.
+    if dest.join("blobs/sha256").exists() {
+        for entry in fs::read_dir(dest.join("blobs/sha256")).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            assert!(!name.starts_with(".tmp"), "temporary file left: {name}");
+            assert_eq!(
+                sha256_digest(&fs::read(entry.path()).unwrap()),
+                format!("sha256:{name}")
+            );
+            assert_ne!(
+                fs::metadata(entry.path()).unwrap().len(),
+                fs::metadata(model.join("model.safetensors")).unwrap().len()
+            );
+        }
+    }
+    assert!(
+        !dest.join("index.json").exists() || manifest_count(&dest) == 0,
+        "no manifest may point at a partial result"
+    );
+}
+
+fn manifest_count(layout: &Path) -> usize {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"].as_array().map_or(0, |m| m.len())
+}
+
+#[test]
+fn an_empty_file_encrypts_and_pulls_back_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = keygen_kek(tmp.path(), "kek.bin");
+    let model = tmp.path().join("m");
+    fs::create_dir(&model).unwrap();
+    fs::write(model.join("config.json"), b"{}").unwrap();
+    fs::write(model.join("empty.py"), b"").unwrap();
+    let plain = format!("oci:{}:v1", tmp.path().join("plain").display());
+    run_ok(&["pack", model.to_str().unwrap(), &plain]);
+    let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
+    run_ok(&[
+        "encrypt",
+        &plain,
+        &enc,
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        &kek,
+    ]);
+    let dest = tmp.path().join("out");
+    run_ok(&["pull", &enc, "--to", dest.to_str().unwrap(), "--kek", &kek]);
+    assert_eq!(fs::read(dest.join("empty.py")).unwrap(), b"");
+    assert_eq!(fs::read(dest.join("config.json")).unwrap(), b"{}");
+}
+
+/// A registry answers `Range: bytes=0-` on an empty blob with 416; empty files must still
+/// pull, plain and encrypted.
+#[test]
+fn an_empty_file_round_trips_through_the_registry_plain_and_encrypted() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = keygen_kek(tmp.path(), "kek.bin");
+    let model = tmp.path().join("m");
+    fs::create_dir(&model).unwrap();
+    fs::write(model.join("config.json"), b"{}").unwrap();
+    fs::write(model.join("__init__.py"), b"").unwrap();
+    let plain = reg.reference("models/empty:plain");
+    run_ok(&["--plain-http", "pack", model.to_str().unwrap(), &plain]);
+    let enc = reg.reference("models/empty:enc");
+    run_ok(&[
+        "--plain-http",
+        "encrypt",
+        &plain,
+        &enc,
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        &kek,
+    ]);
+    for (reference, name) in [(&plain, "p"), (&enc, "e")] {
+        let dest = tmp.path().join(name);
+        run_ok(&[
+            "--plain-http",
+            "pull",
+            reference,
+            "--to",
+            dest.to_str().unwrap(),
+            "--kek",
+            &kek,
+        ]);
+        assert_eq!(fs::read(dest.join("__init__.py")).unwrap(), b"");
+    }
+}
