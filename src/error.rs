@@ -59,7 +59,10 @@ impl Error {
                     .into(),
             );
         }
-        if text.contains("401") || text.contains("Unauthorized") || text.contains("UNAUTHORIZED") {
+        if text.contains("code: 401")
+            || text.contains("Unauthorized")
+            || text.contains("UNAUTHORIZED")
+        {
             hints.push(
                 "log in with `skopeo login` or `docker login`, or point `--authfile` / `REGISTRY_AUTH_FILE` at an auth.json".into(),
             );
@@ -70,6 +73,9 @@ impl Error {
                     "this artifact is encrypted (ocicrypt): pass `--decryption-key KEY` for JWE recipients or \
                      `--kek FILE` for `kbs://` recipients; `modelcrypt inspect` lists each layer's recipients"
                         .into(),
+                ),
+                LayerError::NotEncrypted => hints.push(
+                    "if the artifact was encrypted only in part on purpose, add `--allow-plain-layers`".into(),
                 ),
                 LayerError::Key(_) => hints.push(
                     "none of the given keys is a recipient of this layer; `modelcrypt inspect` lists its recipients".into(),

@@ -88,6 +88,8 @@ pub enum ManifestError {
     TooManyLayers(usize),
     #[error("manifest has no layers")]
     NoLayers,
+    #[error("the layer sizes in the manifest add up to more than 2^64 bytes")]
+    SizeOverflow,
 }
 
 impl Manifest {
@@ -124,6 +126,11 @@ impl Manifest {
         if m.layers.is_empty() {
             return Err(ManifestError::NoLayers);
         }
+        // Later code adds sizes up; an overflow here would wrap or panic there.
+        m.layers
+            .iter()
+            .try_fold(m.config.size, |acc, l| acc.checked_add(l.size))
+            .ok_or(ManifestError::SizeOverflow)?;
         Ok(m)
     }
 

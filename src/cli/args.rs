@@ -141,6 +141,11 @@ pub struct PullArgs {
     pub concurrency: u16,
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// With `--decryption-key` or `--kek`, also accept layers that are not encrypted (an
+    /// artifact encrypted with `encrypt --encrypt-layer`). Default: refuse them, so a plain
+    /// layer cannot be slipped into an encrypted model.
+    #[arg(long, env = MODELCRYPT_ALLOW_PLAIN_LAYERS, value_parser = BoolishValueParser::new())]
+    pub allow_plain_layers: bool,
 }
 
 /// Keys that open encrypted layers.

@@ -34,16 +34,17 @@ pub fn run() -> ExitCode {
             s = shutdown_signal() => Err(Error::Signal(s)),
         }
     });
-    // Dropping the runtime here would wait for blocking workers; a failed or interrupted run
-    // has already cleaned up, so do not let a stuck network read hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match &result {
+        Ok(()) => 0,
         Err(e) => {
-            render_error(&e);
-            ExitCode::from(e.exit_code())
+            render_error(e);
+            e.exit_code()
         }
-    }
+    };
+    // A failed or interrupted run has already cleaned up (the staging directory goes with
+    // the dropped future). Exit without tearing the runtime down: a blocking worker still in
+    // a network read would otherwise hold the exit or panic on the dying runtime.
+    std::process::exit(code.into())
 }
 
 async fn dispatch(args: Args) -> Result<(), Error> {

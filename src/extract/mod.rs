@@ -18,6 +18,24 @@ use std::time::SystemTime;
 
 /// Name of the completion marker written at the top of a committed destination.
 pub const MARKER: &str = ".modelcrypt-complete";
+/// Marks a staging directory as ours, so a leftover is only deleted if a pull made it.
+pub const OWNER_MARKER: &str = ".modelcrypt-staging-owner";
+
+/// Directories always keep their owner's rwx: otherwise the next pull could not replace
+/// (delete) the tree this one leaves.
+const OWNER_RWX: u32 = 0o700;
+
+/// Longer paths are refused (Linux's PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+/// A path as messages show it: control characters escaped, at most 200 characters.
+pub(crate) fn shown(raw: &str) -> String {
+    let escaped: String = raw.escape_debug().collect();
+    match escaped.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &escaped[..i]),
+        None => escaped,
+    }
+}
 
 /// Write buffer: large writes are what tmpfs likes.
 const WRITE_BUF: usize = 1 << 20;
@@ -58,6 +76,8 @@ pub enum ExtractError {
     Read(#[source] io::Error),
     #[error("cannot read the tar stream")]
     Tar(#[source] io::Error),
+    #[error("the tar headers before one entry exceed {limit} bytes (long names or PAX records); refusing")]
+    HeadersTooLarge { limit: u64 },
 }
 
 impl ExtractError {
@@ -81,9 +101,15 @@ pub struct SafeRelPath(PathBuf);
 impl SafeRelPath {
     pub fn new(raw: &str) -> Result<SafeRelPath, ExtractError> {
         let unsafe_path = |reason| ExtractError::UnsafePath {
-            path: raw.to_string(),
+            path: shown(raw),
             reason,
         };
+        if raw.len() > MAX_PATH {
+            return Err(unsafe_path("it is longer than 4096 bytes"));
+        }
+        if raw.chars().any(|c| c != '\0' && c.is_control()) {
+            return Err(unsafe_path("it contains control characters"));
+        }
         if raw.contains('\0') {
             return Err(unsafe_path("it contains a NUL byte"));
         }
@@ -104,15 +130,15 @@ impl SafeRelPath {
         if clean.as_os_str().is_empty() {
             return Err(unsafe_path("it names no file"));
         }
-        if clean == Path::new(MARKER) {
-            return Err(unsafe_path("it would forge the completion marker"));
+        if clean == Path::new(MARKER) || clean == Path::new(OWNER_MARKER) {
+            return Err(unsafe_path("it would forge a modelcrypt marker"));
         }
         Ok(SafeRelPath(clean))
     }
 
     pub fn from_bytes(raw: &[u8]) -> Result<SafeRelPath, ExtractError> {
         let s = std::str::from_utf8(raw).map_err(|_| ExtractError::UnsafePath {
-            path: String::from_utf8_lossy(raw).into_owned(),
+            path: shown(&String::from_utf8_lossy(raw)),
             reason: "it is not UTF-8",
         })?;
         SafeRelPath::new(s)
@@ -148,8 +174,8 @@ pub struct FileAttrs {
 pub struct Extractor {
     root: PathBuf,
     /// Directory modes are applied at the end, so a read-only directory from one entry cannot
-    /// block the entries that follow it.
-    dir_modes: Mutex<Vec<(PathBuf, u32)>>,
+    /// block the entries that follow it. Keyed by path: an archive may repeat a directory.
+    dir_modes: Mutex<std::collections::HashMap<PathBuf, u32>>,
 }
 
 /// What one layer put on disk.
@@ -170,7 +196,7 @@ impl Extractor {
     pub fn new(root: PathBuf) -> Extractor {
         Extractor {
             root,
-            dir_modes: Mutex::new(Vec::new()),
+            dir_modes: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -302,7 +328,7 @@ impl Extractor {
         self.dir_modes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((path, mode & 0o1777));
+            .insert(path, (mode & 0o777) | OWNER_RWX);
         Ok(())
     }
 
@@ -326,7 +352,7 @@ impl Extractor {
     pub fn hardlink(&self, rel: &SafeRelPath, target: &str) -> Result<(), ExtractError> {
         let escapes = || ExtractError::LinkEscapes {
             path: rel.to_string(),
-            target: target.to_string(),
+            target: shown(target),
         };
         let target_rel = SafeRelPath::new(target).map_err(|_| escapes())?;
         // The target's parents must be real directories too, or the link could reach outside.
@@ -337,7 +363,7 @@ impl Extractor {
         if !ok {
             return Err(ExtractError::BadHardlink {
                 path: rel.to_string(),
-                target: target.to_string(),
+                target: shown(target),
             });
         }
         let path = self.prepare_parents(rel)?;
@@ -354,8 +380,10 @@ impl Extractor {
 
     /// Applies the deferred directory modes, deepest first.
     pub fn finish(&self) -> Result<(), ExtractError> {
-        let mut modes =
-            std::mem::take(&mut *self.dir_modes.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut modes: Vec<(PathBuf, u32)> =
+            std::mem::take(&mut *self.dir_modes.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
         modes.sort_by_key(|m| std::cmp::Reverse(m.0.components().count()));
         for (path, mode) in modes {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|source| {
@@ -390,7 +418,7 @@ fn finish_file(file: &File, attrs: FileAttrs) -> io::Result<()> {
 fn check_link_target(rel: &SafeRelPath, target: &str) -> Result<(), ExtractError> {
     let escapes = || ExtractError::LinkEscapes {
         path: rel.to_string(),
-        target: target.to_string(),
+        target: shown(target),
     };
     if target.is_empty() || target.contains('\0') || target.starts_with('/') {
         return Err(escapes());

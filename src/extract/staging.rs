@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::MARKER;
+use super::{MARKER, OWNER_MARKER};
 use crate::digest::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,10 @@ pub enum StagingError {
     MountPoint { path: PathBuf },
     #[error("`{path}` exists, is not empty and was not written by modelcrypt")]
     Foreign { path: PathBuf },
+    #[error("`{path}` is not a directory (a symlink or a file); refusing to replace it")]
+    NotADirectory { path: PathBuf },
+    #[error("`{path}` was not left by a pull (no owner file); refusing to delete it")]
+    NotOurs { path: PathBuf },
     #[error("cannot lock `{path}`")]
     Lock {
         path: PathBuf,
@@ -100,15 +104,21 @@ impl Staging {
         };
         let name = name.to_string_lossy();
         let dir = parent.join(format!(".{name}.modelcrypt-staging"));
-        for stale in [&dir, &parent.join(format!(".{name}.modelcrypt-old"))] {
-            if fs::symlink_metadata(stale).is_ok() {
-                tracing::info!(path = %stale.display(), "removing the leftovers of an interrupted pull");
-                fs::remove_dir_all(stale).map_err(io_err(stale))?;
+        if let Ok(meta) = fs::symlink_metadata(&dir) {
+            // Only ever delete what a pull left: a tree carrying our owner file or a marker.
+            let ours =
+                meta.is_dir() && (dir.join(OWNER_MARKER).is_file() || dir.join(MARKER).is_file());
+            if !ours {
+                return Err(StagingError::NotOurs { path: dir });
             }
+            tracing::warn!(path = %dir.display(), "removing the leftovers of an interrupted pull");
+            remove_tree(&dir).map_err(io_err(&dir))?;
         }
         // Private while it is being filled; opened up at commit.
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+        let owner = dir.join(OWNER_MARKER);
+        fs::write(&owner, b"").map_err(io_err(&owner))?;
         Ok(Staging {
             dest: dest.to_path_buf(),
             dir,
@@ -121,8 +131,12 @@ impl Staging {
         &self.dir
     }
 
-    /// The marker of a previous complete pull at the destination, if any.
+    /// The marker of a previous complete pull at the destination, if any. A destination that
+    /// is a symlink has none: it is never followed.
     pub fn existing_marker(&self) -> Option<Marker> {
+        if !fs::symlink_metadata(&self.dest).is_ok_and(|m| m.is_dir()) {
+            return None;
+        }
         let raw = fs::read(self.dest.join(MARKER)).ok()?;
         serde_json::from_slice(&raw).ok()
     }
@@ -134,6 +148,11 @@ impl Staging {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(&self.dest)(e)),
         };
+        if !meta.is_dir() {
+            return Err(StagingError::NotADirectory {
+                path: self.dest.clone(),
+            });
+        }
         let parent_dev = fs::metadata(self.dir.parent().unwrap_or(Path::new(".")))
             .map_err(io_err(&self.dir))?
             .dev();
@@ -159,6 +178,8 @@ impl Staging {
     /// `_proof` can only be built once every layer verified.
     pub fn commit(mut self, marker: &Marker, _proof: AllVerified) -> Result<(), StagingError> {
         self.check_destination()?;
+        let owner = self.dir.join(OWNER_MARKER);
+        fs::remove_file(&owner).map_err(io_err(&owner))?;
         let marker_path = self.dir.join(MARKER);
         // INVARIANT: the marker holds strings and numbers only.
         let bytes = serde_json::to_vec_pretty(marker).expect("marker serializes");
@@ -176,7 +197,11 @@ impl Staging {
             )
             .map_err(|e| io_err(&self.dest)(io::Error::from(e)))?;
             self.committed = true;
-            fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            // The new tree is in place: failing to delete the old one is not a failed pull.
+            // It keeps its marker, so the next pull recognises and removes it.
+            if let Err(e) = remove_tree(&self.dir) {
+                tracing::warn!(path = %self.dir.display(), error = %e, "cannot remove the previous pull");
+            }
         } else {
             fs::rename(&self.dir, &self.dest).map_err(io_err(&self.dest))?;
             self.committed = true;
@@ -188,13 +213,39 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
-            if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if let Err(e) = remove_tree(&self.dir) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::error!(path = %self.dir.display(), error = %e, "cannot remove the staging directory");
                 }
             }
         }
     }
+}
+
+/// Removes a tree, first giving its owner write access to directories an artifact made
+/// read-only.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            grant_owner(path)?;
+            fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+fn grant_owner(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        fs::set_permissions(
+            path,
+            fs::Permissions::from_mode((meta.mode() & 0o7777) | 0o700),
+        )?;
+        for entry in fs::read_dir(path)? {
+            grant_owner(&entry?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Proof that every layer's digest (and, for encrypted layers, HMAC) matched.

@@ -1,6 +1,8 @@
 //! Safe untar of a stream (tar, after any decompression) into an [`Extractor`].
 
-use std::io::Read;
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use tar::EntryType;
@@ -14,10 +16,28 @@ pub fn untar(
     reader: &mut dyn Read,
     buf: &mut Vec<u8>,
 ) -> Result<Written, ExtractError> {
-    let mut archive = tar::Archive::new(reader);
+    let used = Rc::new(Cell::new(0u64));
+    let mut archive = tar::Archive::new(Budget {
+        inner: reader,
+        used: used.clone(),
+    });
     let mut written = Written::default();
-    for entry in archive.entries().map_err(ExtractError::Tar)? {
-        let mut entry = entry.map_err(ExtractError::Tar)?;
+    let mut entries = archive.entries().map_err(ExtractError::Tar)?;
+    loop {
+        // Only what lies between two entries counts: headers, long names, PAX records.
+        used.set(0);
+        let Some(entry) = entries.next() else { break };
+        let mut entry =
+            entry.map_err(
+                |e| match e.get_ref().is_some_and(|i| i.is::<HeadersTooLarge>()) {
+                    true => ExtractError::HeadersTooLarge {
+                        limit: HEADER_BUDGET,
+                    },
+                    false => ExtractError::Tar(e),
+                },
+            )?;
+        // The entry's own data may be any size: no budget until the next header.
+        used.set(UNLIMITED);
         let kind = entry.header().entry_type();
         // Pax global headers carry no file.
         if kind == EntryType::XGlobalHeader {
@@ -41,10 +61,11 @@ pub fn untar(
         }
         let header = entry.header();
         let mode = header.mode().map_err(ExtractError::Tar)?;
+        // Base-256 mtimes reach 2^63 seconds: out of range is no time, not a panic.
         let mtime = header
             .mtime()
             .ok()
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let attrs = FileAttrs { mode, mtime };
@@ -60,7 +81,7 @@ pub fn untar(
                 let target =
                     std::str::from_utf8(&target).map_err(|_| ExtractError::LinkEscapes {
                         path: rel.to_string(),
-                        target: String::from_utf8_lossy(&target).into_owned(),
+                        target: super::shown(&String::from_utf8_lossy(&target)),
                     })?;
                 if kind == EntryType::Symlink {
                     ex.symlink(&rel, target)?;
@@ -86,4 +107,36 @@ fn special(rel: &SafeRelPath, kind: &'static str) -> ExtractError {
 
 fn is_root(raw: &[u8]) -> bool {
     raw.split(|b| *b == b'/').all(|c| c.is_empty() || c == b".")
+}
+
+/// The tar crate reads GNU long names and PAX records into memory whole; this bounds how many
+/// bytes may pass between two entries, so a hostile archive cannot make it allocate gigabytes.
+const HEADER_BUDGET: u64 = 1 << 20;
+
+/// The budget's state while an entry's data is being read.
+const UNLIMITED: u64 = u64::MAX;
+
+#[derive(Debug, thiserror::Error)]
+#[error("tar headers between two entries exceed {HEADER_BUDGET} bytes")]
+struct HeadersTooLarge;
+
+struct Budget<'a> {
+    inner: &'a mut dyn Read,
+    used: Rc<Cell<u64>>,
+}
+
+impl Read for Budget<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.used.get();
+        if before == UNLIMITED {
+            return Ok(n);
+        }
+        let used = before.saturating_add(n as u64);
+        self.used.set(used);
+        if used > HEADER_BUDGET {
+            return Err(io::Error::other(HeadersTooLarge));
+        }
+        Ok(n)
+    }
 }

@@ -29,18 +29,18 @@ impl DirLayout {
     }
 
     pub async fn manifest(&self) -> Result<(Vec<u8>, Digest), LayoutError> {
+        use tokio::io::AsyncReadExt;
         let path = self.dir.join("manifest.json");
-        let len = tokio::fs::metadata(&path)
-            .await
-            .map_err(io_err(&path))?
-            .len();
-        if len > MAX_MANIFEST_BYTES as u64 {
-            return Err(LayoutError::Io {
-                path,
-                source: std::io::Error::other(format!("manifest is {len} bytes, over the limit")),
-            });
+        let file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
+        if !file.metadata().await.map_err(io_err(&path))?.is_file() {
+            return Err(io_err(&path)(std::io::Error::other("not a regular file")));
         }
-        let raw = tokio::fs::read(&path).await.map_err(io_err(&path))?;
+        let mut raw = Vec::new();
+        file.take(MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io_err(&path))?;
+        // An oversize manifest is refused by the parser with its size.
         let digest = Digest::sha256(&raw);
         Ok((raw, digest))
     }

@@ -269,8 +269,9 @@ pub(crate) async fn read_small(
     digest: &Digest,
     limit: u64,
 ) -> Result<Vec<u8>, LayoutError> {
-    let len = match tokio::fs::metadata(path).await {
-        Ok(m) => m.len(),
+    use tokio::io::AsyncReadExt;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(LayoutError::MissingBlob {
                 dir: dir.to_path_buf(),
@@ -279,19 +280,31 @@ pub(crate) async fn read_small(
         }
         Err(e) => return Err(io_err(path)(e)),
     };
-    if len > limit {
+    // Checked on the open file, and read through a bound: a symlink to /dev/zero or a file
+    // that grows must not be read whole.
+    let meta = file.metadata().await.map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(io_err(path)(io::Error::other("not a regular file")));
+    }
+    let mut raw = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(io_err(path))?;
+    if raw.len() as u64 > limit {
         return Err(LayoutError::Mismatch {
             dir: dir.to_path_buf(),
             digest: digest.clone(),
             mismatch: Mismatch::Size {
                 expected: limit,
-                actual: len,
+                actual: raw.len() as u64,
             },
         });
     }
-    let raw = tokio::fs::read(path).await.map_err(io_err(path))?;
-    let actual = Digest::sha256(&raw);
-    if &actual != digest && digest.algorithm() == actual.algorithm() {
+    let mut hasher = digest.hasher();
+    hasher.update(&raw);
+    let actual = hasher.finish();
+    if &actual != digest {
         return Err(LayoutError::Mismatch {
             dir: dir.to_path_buf(),
             digest: digest.clone(),

@@ -77,7 +77,7 @@ pub enum OcicryptError {
         #[source]
         source: crate::keys::KeyError,
     },
-    #[error("bad password spec in `{0}`: use `FILE:pass=PASSWORD`, `FILE:file=PWFILE` or `FILE:env=VAR`")]
+    #[error("the password variable named for `{0}` is not set (`KEY:env=VAR`)")]
     PasswordSpec(String),
     #[error(transparent)]
     Jwe(#[from] JweError),
@@ -102,12 +102,12 @@ struct PubOptsJson {
     cipheroptions: Option<BTreeMap<String, String>>,
 }
 
-/// PrivateLayerBlockCipherOptions (ocicrypt.md §3.2), in Go's field order.
-#[derive(Serialize, Deserialize)]
+/// PrivateLayerBlockCipherOptions (ocicrypt.md §3.2) as read. Its `digest` is advisory and
+/// unverified everywhere (§3.2), so it is not even parsed; unknown fields are ignored.
+#[derive(Deserialize)]
 struct PrivateOptsJson {
-    symkey: String,
-    #[serde(default)]
-    digest: Option<String>,
+    /// The layer key in base64: as secret as the key, so wiped too.
+    symkey: Zeroizing<String>,
     #[serde(default)]
     cipheroptions: Option<BTreeMap<String, String>>,
 }
@@ -245,28 +245,36 @@ impl Keyring {
 /// A key file's password, wiped after use.
 type Password = Zeroizing<Vec<u8>>;
 
-/// `FILE[:pass=P|:file=F|:env=V]` → path and password.
+/// `FILE[:pass=P|:file=F|:env=V]` → path and password. Split at the first password marker,
+/// because a password may itself contain colons; errors never echo the spec.
 fn split_password_spec(spec: &str) -> Result<(&str, Option<Password>), OcicryptError> {
-    let Some((path, pw)) = spec.rsplit_once(':') else {
+    let found = [":pass=", ":file=", ":env="]
+        .iter()
+        .filter_map(|m| spec.find(m).map(|i| (i, *m)))
+        .min_by_key(|(i, _)| *i);
+    let Some((i, marker)) = found else {
         return Ok((spec, None));
     };
-    let bad = || OcicryptError::PasswordSpec(path.to_string());
-    let password = if let Some(p) = pw.strip_prefix("pass=") {
-        p.as_bytes().to_vec()
-    } else if let Some(f) = pw.strip_prefix("file=") {
-        let raw = std::fs::read(f).map_err(|source| OcicryptError::KeyRead {
-            path: f.into(),
-            source,
-        })?;
-        let text = String::from_utf8_lossy(&raw);
-        text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()
-    } else if let Some(v) = pw.strip_prefix("env=") {
-        std::env::var(v).map_err(|_| bad())?.into_bytes()
-    } else if std::path::Path::new(spec).exists() {
-        // A path that itself contains a colon.
-        return Ok((spec, None));
-    } else {
-        return Err(bad());
+    let (path, value) = (&spec[..i], &spec[i + marker.len()..]);
+    let password = match marker {
+        ":pass=" => value.as_bytes().to_vec(),
+        ":file=" => {
+            let raw =
+                Zeroizing::new(
+                    std::fs::read(value).map_err(|source| OcicryptError::KeyRead {
+                        path: value.into(),
+                        source,
+                    })?,
+                );
+            let end = raw
+                .iter()
+                .rposition(|b| *b != b'\n' && *b != b'\r')
+                .map_or(0, |p| p + 1);
+            raw[..end].to_vec()
+        }
+        _ => std::env::var(value)
+            .map_err(|_| OcicryptError::PasswordSpec(path.to_string()))?
+            .into_bytes(),
     };
     Ok((path, Some(Zeroizing::new(password))))
 }
@@ -503,6 +511,20 @@ mod tests {
         ))
         .is_err());
         assert!(pubopts_hmac(&desc_with(&[(ANNOTATION_PUBOPTS, "%%%".into())])).is_err());
+    }
+
+    #[test]
+    fn password_specs_split_at_the_first_marker_and_keep_colons() {
+        let (path, pw) = split_password_spec("/k/key.pem:pass=a:b:pass=c").unwrap();
+        assert_eq!(path, "/k/key.pem");
+        assert_eq!(pw.unwrap().as_slice(), b"a:b:pass=c");
+        let (path, pw) = split_password_spec("/k/plain.pem").unwrap();
+        assert_eq!((path, pw.is_none()), ("/k/plain.pem", true));
+        let err = split_password_spec("/k/key.pem:env=MODELCRYPT_TEST_SURELY_UNSET").unwrap_err();
+        assert!(
+            !err.to_string().contains("MODELCRYPT_TEST_SURELY_UNSET=")
+                && err.to_string().contains("/k/key.pem")
+        );
     }
 
     #[test]

@@ -42,9 +42,18 @@ pub enum Target {
 }
 
 impl LayerPlan {
-    pub fn new(index: usize, desc: &Descriptor, keys: &Keyring) -> Result<LayerPlan, LayerError> {
+    /// `require_encrypted`: refuse a plain layer. A pull that was given keys expects an
+    /// encrypted model; a plain layer slipped into its manifest would be delivered unchecked
+    /// by any key (the HMAC authenticates a layer's bytes, not its presence or its name).
+    pub fn new(
+        index: usize,
+        desc: &Descriptor,
+        keys: &Keyring,
+        require_encrypted: bool,
+    ) -> Result<LayerPlan, LayerError> {
         let format = LayerFormat::of(&desc.media_type).map_err(LayerError::MediaType)?;
         let decrypt = match format.encrypted {
+            false if require_encrypted => return Err(LayerError::NotEncrypted),
             false => None,
             true if keys.is_empty() => return Err(LayerError::Encrypted),
             true => Some(Arc::new(
@@ -156,17 +165,13 @@ pub fn run<R: Read>(
             let mut plain = DecryptingReader::new(&mut verifier, &d.key, &d.hmac)
                 .map_err(LayerError::Source)?;
             let extracted = unpack(plan, &mut plain, ex, &mut buf);
-            // Content the extractor refused fails the layer whatever the HMAC says; otherwise
-            // drain through the decryptor so the HMAC covers every byte.
-            let hmac = match &extracted {
-                Err(e) if !e.is_stream_error() => None,
-                _ => Some(plain.finish()),
-            };
-            (extracted, hmac)
+            // Always drain and check: tampered ciphertext decrypts to garbage the extractor
+            // may refuse first, and the HMAC failure is the truthful error.
+            (extracted, Some(plain.finish()))
         }
     };
     let extracted = match extracted {
-        Err(e) if !e.is_stream_error() => return Err(LayerError::Extract(e)),
+        Err(e) if !e.is_stream_error() && hmac.is_none() => return Err(LayerError::Extract(e)),
         other => other,
     };
     // Precedence: a wrong blob (digest), then a wrong ciphertext (HMAC), then the stream.

@@ -30,6 +30,8 @@ pub enum LayerError {
     MediaType(UnknownMediaType),
     #[error("the layer is encrypted and no decryption key or KEK was given")]
     Encrypted,
+    #[error("the layer is not encrypted, but keys were given, so every layer must be")]
+    NotEncrypted,
     #[error("cannot find the layer's key")]
     Key(#[source] crate::ocicrypt::OcicryptError),
     #[error("the ciphertext failed its HMAC check: tampered, or not what was encrypted")]
@@ -108,6 +110,8 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// Keys for encrypted layers.
     pub keys: Keyring,
+    /// With keys, accept layers that are not encrypted. Default: refuse them.
+    pub allow_plain_layers: bool,
 }
 
 impl Default for PullOptions {
@@ -115,6 +119,7 @@ impl Default for PullOptions {
         PullOptions {
             concurrency: 4,
             keys: Keyring::default(),
+            allow_plain_layers: false,
         }
     }
 }
@@ -168,12 +173,20 @@ pub async fn pull(
         }
     }
     // Every layer is checked (media type, file path, metadata, key) before a byte is fetched.
+    let require_encrypted = !opts.keys.is_empty() && !opts.allow_plain_layers;
+    if !opts.keys.is_empty() && src.pinned_digest().is_none() {
+        // ocicrypt authenticates each layer's bytes, not the manifest that names and lists them.
+        tracing::warn!(
+            reference = %src,
+            "the reference is not pinned by digest: file names and the layer list are not authenticated"
+        );
+    }
     let plans = manifest
         .layers
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            LayerPlan::new(i, d, &opts.keys).map_err(|source| PullError::Layer {
+            LayerPlan::new(i, d, &opts.keys, require_encrypted).map_err(|source| PullError::Layer {
                 reference: src.to_string(),
                 label: crate::modelpack::layer_label(i, d),
                 source,

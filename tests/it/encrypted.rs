@@ -186,15 +186,24 @@ fn only_the_selected_layers_are_encrypted() {
         .map(|l| l["filepath"].as_str().unwrap())
         .collect();
     assert_eq!(encrypted, vec!["model.safetensors", "README.md"]);
+    // With keys, plain layers are refused unless asked for: they would be delivered unchecked.
+    assert_pull_fails_cleanly(
+        tmp.path(),
+        &enc,
+        &["--kek", &kek],
+        &["not encrypted", "--allow-plain-layers"],
+    );
     let dest = tmp.path().join("m");
-    assert_success(&modelcrypt([
+    let args = [
         "pull",
         &enc,
         "--to",
         dest.to_str().unwrap(),
         "--kek",
         &kek,
-    ]));
+        "--allow-plain-layers",
+    ];
+    assert_success(&modelcrypt(args));
     assert_eq!(model_files(&dest), model_files(&model));
 }
 
@@ -532,17 +541,21 @@ fn an_empty_file_round_trips_through_the_registry_plain_and_encrypted() {
         "--kek",
         &kek,
     ]);
-    for (reference, name) in [(&plain, "p"), (&enc, "e")] {
+    let plain_keys: Vec<&str> = vec![];
+    for (reference, name, keys) in [
+        (&plain, "p", plain_keys),
+        (&enc, "e", vec!["--kek", kek.as_str()]),
+    ] {
         let dest = tmp.path().join(name);
-        run_ok(&[
+        let mut args = vec![
             "--plain-http",
             "pull",
             reference,
             "--to",
             dest.to_str().unwrap(),
-            "--kek",
-            &kek,
-        ]);
+        ];
+        args.extend(keys);
+        run_ok(&args);
         assert_eq!(fs::read(dest.join("__init__.py")).unwrap(), b"");
     }
 }

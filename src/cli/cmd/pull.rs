@@ -12,6 +12,7 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
     let keys = Keyring::load(&a.keys.decryption_keys, &a.keys.keks)?;
     let opts = PullOptions {
         keys,
+        allow_plain_layers: a.allow_plain_layers,
         concurrency: a.concurrency.into(),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
