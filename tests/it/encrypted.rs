@@ -559,3 +559,56 @@ fn an_empty_file_round_trips_through_the_registry_plain_and_encrypted() {
         assert_eq!(fs::read(dest.join("__init__.py")).unwrap(), b"");
     }
 }
+
+/// The known ocicrypt-rs pitfall: a tar reader inside a gzip stream stops at the archive's
+/// end, before the gzip trailer; the trailer is still ciphertext under the HMAC.
+#[test]
+fn the_hmac_covers_a_gzip_trailer_the_tar_reader_never_asks_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = keygen_kek(tmp.path(), "kek.bin");
+    let mut tar = TarBuilder::new();
+    tar.file("weights.bin", 0o644, &vec![9u8; 50_000]);
+    let mut tar = tar.finish();
+    tar.extend_from_slice(&vec![0u8; 64 * 1024]);
+    let mut b = OciLayoutBuilder::new(tmp.path().join("plain"));
+    b.add_layer(
+        "application/vnd.cncf.model.weight.v1.tar+gzip",
+        &crate::common::gzip(&tar),
+        &[],
+    );
+    b.write("v1");
+    let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
+    run_ok(&[
+        "encrypt",
+        &b.reference("v1"),
+        &enc,
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        &kek,
+    ]);
+
+    let ok = tmp.path().join("ok");
+    assert_success(&modelcrypt([
+        "pull",
+        &enc,
+        "--to",
+        ok.to_str().unwrap(),
+        "--kek",
+        &kek,
+    ]));
+    assert_eq!(fs::read(ok.join("weights.bin")).unwrap(), vec![9u8; 50_000]);
+
+    // Flip the last byte: the gzip ISIZE trailer.
+    let layout = tmp.path().join("enc");
+    let (_, mut m) = manifest_of(&layout);
+    let digest = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let mut bytes = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let new = sha256_digest(&bytes);
+    fs::write(layout.join("blobs/sha256").join(&new[7..]), &bytes).unwrap();
+    m["layers"][0]["digest"] = Value::String(new);
+    write_manifest(&layout, &m);
+    assert_pull_fails_cleanly(tmp.path(), &enc, &["--kek", &kek], &["HMAC"]);
+}

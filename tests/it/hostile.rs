@@ -245,7 +245,97 @@ fn tar_symlink_chained_through_an_in_tree_symlink_is_refused() {
             .file("sub/d/e/evil", 0o644, b"pwned\n");
     });
     scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
-    scene.pull_is_refused(&[]);
+    // Refused where it first goes wrong: `sub/d/e` would be created through the link `sub/d`.
+    scene.pull_is_refused(&[
+        &backticked("sub/d/e"),
+        "would be written through",
+        &backticked("sub/d"),
+    ]);
+}
+
+#[test]
+fn tar_entry_written_through_an_in_tree_symlink_is_refused() {
+    let mut scene = Scene::new();
+    // `d -> sub` stays inside, so the link itself is fine; writing `d/x` through it is not.
+    let tar = tar_of(|t| {
+        t.dir("sub/", 0o755)
+            .symlink("d", "sub")
+            .file("d/x", 0o644, b"through a link\n");
+    });
+    scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
+    scene.pull_is_refused(&[
+        &backticked("d/x"),
+        "would be written through",
+        &backticked("d"),
+    ]);
+}
+
+#[test]
+fn tar_hardlink_to_an_in_tree_symlink_is_refused() {
+    let mut scene = Scene::new();
+    let tar = tar_of(|t| {
+        t.symlink("s", "x").hardlink("hl", "s");
+    });
+    scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
+    scene.pull_is_refused(&[&backticked("hl"), "not a regular file"]);
+}
+
+#[test]
+fn a_huge_gnu_long_name_is_refused_without_reading_it_whole() {
+    let mut scene = Scene::new();
+    // A 4 MiB long-name record compresses to a few kB; the tar crate would buffer it whole.
+    let mut long = vec![b'a'; 4 << 20];
+    long.push(0);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(long.len() as u64);
+    header.set_mode(0o644);
+    header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&long);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+    tar.extend_from_slice(&tar_of(|t| {
+        t.file("x", 0o644, b"x");
+    }));
+    scene
+        .layout
+        .add_layer(media::WEIGHT_TAR_GZIP, &gzip(&tar), &[]);
+    scene.pull_is_refused(&["tar headers", "exceed"]);
+}
+
+#[test]
+fn a_raw_layer_filepath_with_a_newline_is_refused() {
+    let mut scene = Scene::new();
+    scene
+        .layout
+        .add_raw_file(media::WEIGHT_RAW, "ok\n{\"level\":\"INFO\"}", 0o644, b"x");
+    scene.pull_is_refused(&["unsafe path", "control characters"]);
+}
+
+#[test]
+fn a_tar_mtime_beyond_the_representable_range_is_ignored_not_a_panic() {
+    let mut scene = Scene::new();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("late.bin").unwrap();
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    // GNU base-256: high bit set, then 2^63 in the remaining bytes.
+    let mtime = &mut header.as_gnu_mut().unwrap().mtime;
+    mtime.fill(0);
+    mtime[0] = 0x80;
+    mtime[4] = 0x80;
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(b"abc");
+    tar.resize(512 * 2, 0);
+    tar.extend_from_slice(&[0u8; 1024]);
+    scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
+    let (_, _, out) = scene.pull();
+    assert_success(&out);
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert_eq!(fs::read(scene.dest.join("late.bin")).unwrap(), b"abc");
 }
 
 #[test]
@@ -270,7 +360,7 @@ fn tar_character_device_is_refused() {
         t.char_device("dev/zero", 1, 5);
     });
     scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
-    scene.pull_is_refused(&[&backticked("dev/zero")]);
+    scene.pull_is_refused(&[&backticked("dev/zero"), "character device"]);
 }
 
 #[test]
@@ -280,7 +370,7 @@ fn tar_setuid_regular_file_is_refused() {
         t.file("bin/tool", 0o4755, b"#!/bin/sh\nid\n");
     });
     scene.layout.add_layer(media::WEIGHT_TAR, &tar, &[]);
-    scene.pull_is_refused(&[&backticked("bin/tool")]);
+    scene.pull_is_refused(&[&backticked("bin/tool"), "setuid"]);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -453,6 +453,7 @@ fn sigterm_during_a_pull_removes_the_staging_directory_and_fails() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(dir_names(&parent).is_empty(), "{:?}", dir_names(&parent));
 }
 
@@ -520,4 +521,63 @@ fn the_readme_quickstart_pulls_the_demo_model() {
             fs::read(entry.path()).unwrap()
         );
     }
+}
+
+/// A second pull of a different manifest swaps the new tree in atomically and removes the
+/// old one, even when the old one has a read-only directory.
+#[test]
+fn a_pull_of_a_new_version_replaces_the_old_one_without_leftovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v1 = OciLayoutBuilder::new(tmp.path().join("v1"));
+    let mut tar = TarBuilder::new();
+    tar.dir("ro/", 0o555).file("ro/old.txt", 0o444, b"old\n");
+    v1.add_layer(media::WEIGHT_TAR, &tar.finish(), &[]);
+    v1.write("v1");
+    let mut v2 = OciLayoutBuilder::new(tmp.path().join("v2"));
+    v2.add_raw_file(media::WEIGHT_RAW, "new.txt", 0o644, b"new\n");
+    v2.write("v2");
+
+    let parent = tmp.path().join("out");
+    let dest = parent.join("model");
+    assert_success(&pull(&v1.reference("v1"), &dest, &["--no-progress"]));
+    assert_eq!(fs::read(dest.join("ro/old.txt")).unwrap(), b"old\n");
+    assert_success(&pull(&v2.reference("v2"), &dest, &["--no-progress"]));
+    assert_eq!(fs::read(dest.join("new.txt")).unwrap(), b"new\n");
+    assert!(!dest.join("ro").exists(), "the old tree is gone");
+    assert_eq!(dir_names(&parent), vec!["model".to_string()]);
+}
+
+#[test]
+fn a_destination_that_is_a_symlink_is_refused_and_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    // A forged marker behind the link must not make the pull a "no-op" either.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read("demo/tiny-model.oci/index.json").unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    fs::write(elsewhere.join(COMPLETE_MARKER), format!(r#"{{"manifestDigest":"{digest}","reference":"x","files":0,"bytes":0,"completedAt":"x"}}"#)).unwrap();
+    let dest = tmp.path().join("model");
+    std::os::unix::fs::symlink(&elsewhere, &dest).unwrap();
+    let out = pull("oci:demo/tiny-model.oci:v1", &dest, &["--no-progress"]);
+    assert_failure_contains(&out, &["is not a directory", "model"]);
+    assert_eq!(dir_names(&elsewhere), vec![COMPLETE_MARKER.to_string()]);
+}
+
+#[test]
+fn a_directory_named_like_staging_but_not_made_by_a_pull_is_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let squatter = tmp.path().join(".model.modelcrypt-staging");
+    fs::create_dir(&squatter).unwrap();
+    fs::write(squatter.join("important.txt"), b"keep me").unwrap();
+    let out = pull(
+        "oci:demo/tiny-model.oci:v1",
+        &tmp.path().join("model"),
+        &["--no-progress"],
+    );
+    assert_failure_contains(&out, &["not left by a pull", "refusing to delete"]);
+    assert_eq!(
+        fs::read(squatter.join("important.txt")).unwrap(),
+        b"keep me"
+    );
 }
