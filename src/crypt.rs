@@ -105,36 +105,26 @@ pub async fn encrypt(
 ) -> Result<CryptSummary, CryptError> {
     let resolved = src.resolve(src_ref).await?;
     let chosen = selection.resolve(&resolved.manifest)?;
-    let layers = resolved.manifest.layers.clone();
-    let results: Vec<(Descriptor, bool)> =
-        futures_util::stream::iter(layers.into_iter().enumerate())
-            .map(|(i, desc)| {
-                let recipients = recipients.clone();
-                let pick = chosen[i] && !ocicrypt::is_encrypted(&desc);
-                async move {
-                    if !pick {
-                        copy_blob(src, dest, &desc)
-                            .await
-                            .map_err(|source| CryptError::Layer {
-                                label: modelpack::layer_label(i, &desc),
-                                source: LayerCryptError::Store(source),
-                            })?;
-                        return Ok((desc, false));
-                    }
-                    let out =
-                        encrypt_layer(src, dest, &desc, recipients)
-                            .await
-                            .map_err(|source| CryptError::Layer {
-                                label: modelpack::layer_label(i, &desc),
-                                source,
-                            })?;
-                    Ok::<_, CryptError>((out, true))
-                }
-            })
-            .buffered(2)
-            .try_collect()
-            .await?;
-    finish_manifest(src, dest, resolved.manifest, results).await
+    let plan = resolved
+        .manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, desc)| {
+            if !chosen[i] || ocicrypt::is_encrypted(desc) {
+                return Ok(None);
+            }
+            let key = LayerKey::generate().map_err(|e| CryptError::Layer {
+                label: modelpack::layer_label(i, desc),
+                source: OcicryptError::from(e).into(),
+            })?;
+            Ok(Some(Direction::Encrypt {
+                key,
+                recipients: recipients.clone(),
+            }))
+        })
+        .collect::<Result<Vec<_>, CryptError>>()?;
+    rewrite(src, dest, resolved.manifest, plan).await
 }
 
 /// Decrypts every encrypted layer of `src` with `keys` and writes the plain artifact to `dest`.
@@ -150,7 +140,7 @@ pub async fn decrypt(
         return Err(CryptError::NothingToDecrypt);
     }
     // Find every key first: a missing key fails before any byte moves.
-    let plans = resolved
+    let plan = resolved
         .manifest
         .layers
         .iter()
@@ -160,30 +150,42 @@ pub async fn decrypt(
                 return Ok(None);
             }
             ocicrypt::layer_decryption(d, keys)
-                .map(|k| Some(Arc::new(k)))
+                .map(|k| Some(Direction::Decrypt(Arc::new(k))))
                 .map_err(|e| CryptError::Layer {
                     label: modelpack::layer_label(i, d),
                     source: e.into(),
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let layers = resolved.manifest.layers.clone();
+    rewrite(src, dest, resolved.manifest, plan).await
+}
+
+/// Transforms the layers that have a direction (two at a time), copies the others and the
+/// config unchanged, and writes the new manifest.
+async fn rewrite(
+    src: &Store,
+    dest: &Store,
+    manifest: Manifest,
+    plan: Vec<Option<Direction>>,
+) -> Result<CryptSummary, CryptError> {
+    let layers = manifest.layers.clone();
     let results: Vec<(Descriptor, bool)> =
-        futures_util::stream::iter(layers.into_iter().zip(plans).enumerate())
-            .map(|(i, (desc, plan))| async move {
-                let Some(plan) = plan else {
+        futures_util::stream::iter(layers.into_iter().zip(plan).enumerate())
+            .map(|(i, (desc, dir))| async move {
+                let label = || modelpack::layer_label(i, &desc);
+                let Some(dir) = dir else {
                     copy_blob(src, dest, &desc)
                         .await
                         .map_err(|source| CryptError::Layer {
-                            label: modelpack::layer_label(i, &desc),
+                            label: label(),
                             source: LayerCryptError::Store(source),
                         })?;
                     return Ok((desc, false));
                 };
-                let out = decrypt_layer(src, dest, &desc, plan)
+                let out = rewrite_layer(src, dest, &desc, dir)
                     .await
                     .map_err(|source| CryptError::Layer {
-                        label: modelpack::layer_label(i, &desc),
+                        label: label(),
                         source,
                     })?;
                 Ok::<_, CryptError>((out, true))
@@ -191,7 +193,35 @@ pub async fn decrypt(
             .buffered(2)
             .try_collect()
             .await?;
-    finish_manifest(src, dest, resolved.manifest, results).await
+    finish_manifest(src, dest, manifest, results).await
+}
+
+/// One layer through its transform; returns its new descriptor.
+async fn rewrite_layer(
+    src: &Store,
+    dest: &Store,
+    desc: &Descriptor,
+    dir: Direction,
+) -> Result<Descriptor, LayerCryptError> {
+    let (digest, size, hmac) = transform(src, dest, desc, dir.clone()).await?;
+    match dir {
+        Direction::Encrypt { key, recipients } => {
+            // INVARIANT: an encrypting pass that read to the end always yields its HMAC.
+            let hmac = hmac.expect("an encrypting pass yields an HMAC");
+            Ok(ocicrypt::encrypted_descriptor(
+                desc,
+                digest,
+                &key,
+                &hmac,
+                &recipients,
+            )?)
+        }
+        Direction::Decrypt(_) => {
+            let mut out = ocicrypt::decrypted_descriptor(desc, digest);
+            out.size = size;
+            Ok(out)
+        }
+    }
 }
 
 async fn copy_blob(src: &Store, dest: &Store, desc: &Descriptor) -> Result<(), StoreError> {
@@ -231,7 +261,10 @@ async fn finish_manifest(
 /// One direction of the layer transform.
 #[derive(Clone)]
 enum Direction {
-    Encrypt(LayerKey),
+    Encrypt {
+        key: LayerKey,
+        recipients: Arc<Recipients>,
+    },
     Decrypt(Arc<ocicrypt::LayerDecryption>),
 }
 
@@ -299,7 +332,7 @@ fn pass(
         }
     };
     let hmac = match dir {
-        Direction::Encrypt(key) => {
+        Direction::Encrypt { key, .. } => {
             let mut enc = EncryptingReader::new(&mut verifier, key).map_err(LayerCryptError::Io)?;
             pump(&mut enc)?;
             enc.hmac()
@@ -375,35 +408,4 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-async fn encrypt_layer(
-    src: &Store,
-    dest: &Store,
-    desc: &Descriptor,
-    recipients: Arc<Recipients>,
-) -> Result<Descriptor, LayerCryptError> {
-    let key = LayerKey::generate().map_err(OcicryptError::from)?;
-    let (digest, _, hmac) = transform(src, dest, desc, Direction::Encrypt(key.clone())).await?;
-    // INVARIANT: an encrypting pass that read to the end always yields its HMAC.
-    let hmac = hmac.expect("an encrypting pass yields an HMAC");
-    Ok(ocicrypt::encrypted_descriptor(
-        desc,
-        digest,
-        &key,
-        &hmac,
-        &recipients,
-    )?)
-}
-
-async fn decrypt_layer(
-    src: &Store,
-    dest: &Store,
-    desc: &Descriptor,
-    plan: Arc<ocicrypt::LayerDecryption>,
-) -> Result<Descriptor, LayerCryptError> {
-    let (digest, size, _) = transform(src, dest, desc, Direction::Decrypt(plan)).await?;
-    let mut out = ocicrypt::decrypted_descriptor(desc, digest);
-    out.size = size;
-    Ok(out)
 }

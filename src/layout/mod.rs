@@ -263,6 +263,22 @@ impl Layout {
     }
 }
 
+/// Opens a blob file; a missing file is a missing blob, not an I/O error.
+async fn open_existing(
+    dir: &Path,
+    path: &Path,
+    digest: &Digest,
+) -> Result<tokio::fs::File, LayoutError> {
+    match tokio::fs::File::open(path).await {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LayoutError::MissingBlob {
+            dir: dir.to_path_buf(),
+            digest: digest.clone(),
+        }),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
 pub(crate) async fn read_small(
     dir: &Path,
     path: &Path,
@@ -270,16 +286,7 @@ pub(crate) async fn read_small(
     limit: u64,
 ) -> Result<Vec<u8>, LayoutError> {
     use tokio::io::AsyncReadExt;
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(LayoutError::MissingBlob {
-                dir: dir.to_path_buf(),
-                digest: digest.clone(),
-            })
-        }
-        Err(e) => return Err(io_err(path)(e)),
-    };
+    let file = open_existing(dir, path, digest).await?;
     // Checked on the open file, and read through a bound: a symlink to /dev/zero or a file
     // that grows must not be read whole.
     let meta = file.metadata().await.map_err(io_err(path))?;
@@ -324,16 +331,7 @@ pub(crate) async fn open_blob(
     offset: u64,
 ) -> Result<crate::registry::BlobReader, LayoutError> {
     use tokio::io::AsyncSeekExt;
-    let mut f = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(LayoutError::MissingBlob {
-                dir: dir.to_path_buf(),
-                digest: digest.clone(),
-            })
-        }
-        Err(e) => return Err(io_err(path)(e)),
-    };
+    let mut f = open_existing(dir, path, digest).await?;
     if offset > 0 {
         f.seek(io::SeekFrom::Start(offset))
             .await
@@ -356,6 +354,9 @@ pub(crate) async fn write_blob(
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = tmp_dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    // Removes the temporary file however this ends, including when the future is dropped
+    // because a sibling layer failed.
+    let guard = TempFile(tmp.clone());
     let limit = expected.map(|d| d.size);
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
@@ -412,10 +413,17 @@ pub(crate) async fn write_blob(
         Ok((actual, total))
     }
     .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
+    drop(guard);
     result
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // After a successful rename there is nothing left to remove.
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {

@@ -409,6 +409,17 @@ pub fn tree_snapshot(dir: &Path, skip_marker: bool) -> Snapshot {
     facts
 }
 
+/// The files of a model directory as `pull` must reproduce them: regular files only (sizes,
+/// SHA-256, modes), hidden paths left out because `pack` skips them.
+pub fn model_files(dir: &Path) -> Snapshot {
+    tree_snapshot(dir, true)
+        .into_iter()
+        .filter(|(path, fact)| {
+            fact.kind == FileKind::File && !path.split('/').any(|c| c.starts_with('.'))
+        })
+        .collect()
+}
+
 fn walk(dir: &Path, prefix: &str, skip_marker: bool, facts: &mut Snapshot) {
     let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading `{}`: {e}", dir.display()));
     for entry in entries {

@@ -9,18 +9,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::{
-    assert_failure_contains, assert_success, dir_names, make_model_dir, modelcrypt, require_peer,
-    sha256_digest, tree_snapshot, FileKind, OciLayoutBuilder, Snapshot, TarBuilder, TestRegistry,
+    assert_failure_contains, assert_success, dir_names, make_model_dir, model_files, modelcrypt,
+    require_peer, sha256_digest, OciLayoutBuilder, TarBuilder, TestRegistry,
 };
-
-fn model_files(dir: &Path) -> Snapshot {
-    tree_snapshot(dir, true)
-        .into_iter()
-        .filter(|(path, fact)| {
-            fact.kind == FileKind::File && !path.split('/').any(|c| c.starts_with('.'))
-        })
-        .collect()
-}
 
 fn run_ok(args: &[&str]) -> String {
     let out = modelcrypt(args);
@@ -32,6 +23,35 @@ fn keygen_kek(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     run_ok(&["keygen", "--type", "kek", "--out", path.to_str().unwrap()]);
     path.display().to_string()
+}
+
+/// Encrypts `src` into `dest` for `kbs:///default/key/1` under `kek`; returns the digest.
+fn encrypt_for_kek(src: &str, dest: &str, kek: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "encrypt",
+        src,
+        dest,
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        kek,
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
+/// Edits the blob of layer `index` in a layout, stores it under its new digest and points
+/// the manifest at it, as an attacker who controls the registry and the tag would.
+fn rewrite_layer_blob(layout: &Path, index: usize, edit: impl FnOnce(&mut Vec<u8>)) -> String {
+    let (_, mut m) = manifest_of(layout);
+    let digest = m["layers"][index]["digest"].as_str().unwrap().to_string();
+    let mut bytes = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    edit(&mut bytes);
+    let new = sha256_digest(&bytes);
+    fs::write(layout.join("blobs/sha256").join(&new[7..]), &bytes).unwrap();
+    m["layers"][index]["digest"] = Value::String(new);
+    write_manifest(layout, &m);
+    digest
 }
 
 /// Packs the fixture model and encrypts it for `kbs:///default/key/1` into `oci:<tmp>/enc:v1`.
@@ -140,15 +160,7 @@ fn decrypt_restores_the_original_manifest_byte_for_byte() {
     let plain = format!("oci:{}:v1", tmp.path().join("plain").display());
     let plain_digest = run_ok(&["pack", model.to_str().unwrap(), &plain]);
     let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
-    let enc_digest = run_ok(&[
-        "encrypt",
-        &plain,
-        &enc,
-        "--recipient",
-        "kbs:///default/key/1",
-        "--kek",
-        &kek,
-    ]);
+    let enc_digest = encrypt_for_kek(&plain, &enc, &kek, &[]);
     assert_ne!(enc_digest, plain_digest);
     let dec = format!("dir:{}", tmp.path().join("dec").display());
     let dec_digest = run_ok(&["decrypt", &enc, &dec, "--kek", &kek]);
@@ -247,20 +259,16 @@ fn weights_index(manifest: &Value) -> usize {
 /// Flips one byte of the weights ciphertext; with `fix_digest` the descriptor is updated too,
 /// as an attacker who controls the registry and the tag would do.
 fn flip_weights_byte(layout: &Path, fix_digest: bool) -> String {
-    let (_, mut m) = manifest_of(layout);
+    let (_, m) = manifest_of(layout);
     let i = weights_index(&m);
+    if fix_digest {
+        return rewrite_layer_blob(layout, i, |b| b[4321] ^= 0x80);
+    }
     let digest = m["layers"][i]["digest"].as_str().unwrap().to_string();
     let path = layout.join("blobs/sha256").join(&digest[7..]);
     let mut bytes = fs::read(&path).unwrap();
     bytes[4321] ^= 0x80;
-    if fix_digest {
-        let new = sha256_digest(&bytes);
-        fs::write(layout.join("blobs/sha256").join(&new[7..]), &bytes).unwrap();
-        m["layers"][i]["digest"] = Value::String(new);
-        write_manifest(layout, &m);
-    } else {
-        fs::write(&path, &bytes).unwrap();
-    }
+    fs::write(&path, &bytes).unwrap();
     digest
 }
 
@@ -365,15 +373,7 @@ fn the_hmac_covers_bytes_after_the_end_of_the_tar_archive() {
     b.write("v1");
     let plain = b.reference("v1");
     let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
-    run_ok(&[
-        "encrypt",
-        &plain,
-        &enc,
-        "--recipient",
-        "kbs:///default/key/1",
-        "--kek",
-        &kek,
-    ]);
+    encrypt_for_kek(&plain, &enc, &kek, &[]);
 
     // Untouched, it pulls.
     let ok = tmp.path().join("ok");
@@ -388,15 +388,7 @@ fn the_hmac_covers_bytes_after_the_end_of_the_tar_archive() {
     assert_eq!(fs::read(ok.join("weights.bin")).unwrap(), vec![7u8; 10_000]);
 
     // Flip a byte in the trailing zeros (still a valid-looking tail) and fix the digest.
-    let layout = tmp.path().join("enc");
-    let (_, mut m) = manifest_of(&layout);
-    let digest = m["layers"][0]["digest"].as_str().unwrap().to_string();
-    let mut bytes = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
-    bytes[archive_len + 4000] ^= 1;
-    let new = sha256_digest(&bytes);
-    fs::write(layout.join("blobs/sha256").join(&new[7..]), &bytes).unwrap();
-    m["layers"][0]["digest"] = Value::String(new);
-    write_manifest(&layout, &m);
+    rewrite_layer_blob(&tmp.path().join("enc"), 0, |b| b[archive_len + 4000] ^= 1);
     assert_pull_fails_cleanly(tmp.path(), &enc, &["--kek", &kek], &["HMAC"]);
 }
 
@@ -499,15 +491,7 @@ fn an_empty_file_encrypts_and_pulls_back_empty() {
     let plain = format!("oci:{}:v1", tmp.path().join("plain").display());
     run_ok(&["pack", model.to_str().unwrap(), &plain]);
     let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
-    run_ok(&[
-        "encrypt",
-        &plain,
-        &enc,
-        "--recipient",
-        "kbs:///default/key/1",
-        "--kek",
-        &kek,
-    ]);
+    encrypt_for_kek(&plain, &enc, &kek, &[]);
     let dest = tmp.path().join("out");
     run_ok(&["pull", &enc, "--to", dest.to_str().unwrap(), "--kek", &kek]);
     assert_eq!(fs::read(dest.join("empty.py")).unwrap(), b"");
@@ -578,15 +562,7 @@ fn the_hmac_covers_a_gzip_trailer_the_tar_reader_never_asks_for() {
     );
     b.write("v1");
     let enc = format!("oci:{}:v1", tmp.path().join("enc").display());
-    run_ok(&[
-        "encrypt",
-        &b.reference("v1"),
-        &enc,
-        "--recipient",
-        "kbs:///default/key/1",
-        "--kek",
-        &kek,
-    ]);
+    encrypt_for_kek(&b.reference("v1"), &enc, &kek, &[]);
 
     let ok = tmp.path().join("ok");
     assert_success(&modelcrypt([
@@ -600,15 +576,9 @@ fn the_hmac_covers_a_gzip_trailer_the_tar_reader_never_asks_for() {
     assert_eq!(fs::read(ok.join("weights.bin")).unwrap(), vec![9u8; 50_000]);
 
     // Flip the last byte: the gzip ISIZE trailer.
-    let layout = tmp.path().join("enc");
-    let (_, mut m) = manifest_of(&layout);
-    let digest = m["layers"][0]["digest"].as_str().unwrap().to_string();
-    let mut bytes = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    let new = sha256_digest(&bytes);
-    fs::write(layout.join("blobs/sha256").join(&new[7..]), &bytes).unwrap();
-    m["layers"][0]["digest"] = Value::String(new);
-    write_manifest(&layout, &m);
+    rewrite_layer_blob(&tmp.path().join("enc"), 0, |b| {
+        let last = b.len() - 1;
+        b[last] ^= 1;
+    });
     assert_pull_fails_cleanly(tmp.path(), &enc, &["--kek", &kek], &["HMAC"]);
 }

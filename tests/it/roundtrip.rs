@@ -10,21 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_failure_contains, assert_success, dir_names, make_model_dir, media, modelcrypt,
-    modelcrypt_bin, require_peer, skopeo, tree_snapshot, FileKind, OciLayoutBuilder, Snapshot,
-    TarBuilder, TestRegistry, COMPLETE_MARKER, MODEL_FILES, MODEL_HIDDEN_FILES,
+    assert_failure_contains, assert_success, dir_names, make_model_dir, media, model_files,
+    modelcrypt, modelcrypt_bin, require_peer, skopeo, OciLayoutBuilder, TarBuilder, TestRegistry,
+    COMPLETE_MARKER, MODEL_FILES, MODEL_HIDDEN_FILES,
 };
-
-/// The files of a model directory as `pull` must reproduce them: regular files only (sizes,
-/// SHA-256, modes), hidden paths left out because `pack` skips them.
-fn model_files(dir: &Path) -> Snapshot {
-    tree_snapshot(dir, true)
-        .into_iter()
-        .filter(|(path, fact)| {
-            fact.kind == FileKind::File && !path.split('/').any(|c| c.starts_with('.'))
-        })
-        .collect()
-}
 
 fn pack(model: &Path, dest: &str, extra: &[&str]) -> String {
     let mut args = vec![

@@ -9,20 +9,11 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::common::{
-    assert_failure_contains, assert_success, dir_names, make_model_dir, modelcrypt, require_peer,
-    sha256_digest, skopeo, tree_snapshot, Cmd, FileKind, Snapshot, TestRegistry,
+    assert_failure_contains, assert_success, dir_names, make_model_dir, model_files, modelcrypt,
+    require_peer, sha256_digest, skopeo, Cmd, TestRegistry,
 };
 
 const TLS: [&str; 2] = ["--src-tls-verify=false", "--dest-tls-verify=false"];
-
-fn model_files(dir: &Path) -> Snapshot {
-    tree_snapshot(dir, true)
-        .into_iter()
-        .filter(|(path, fact)| {
-            fact.kind == FileKind::File && !path.split('/').any(|c| c.starts_with('.'))
-        })
-        .collect()
-}
 
 fn openssl(args: &[&str]) {
     assert_success(&Cmd::new("openssl").args(args).run());

@@ -2,11 +2,12 @@ use std::sync::Arc;
 
 use crate::cli::args::{DecryptArgs, EncryptArgs};
 use crate::cli::{mb, Context};
-use crate::crypt::{self, LayerSelection};
+use crate::crypt::{self, CryptSummary, LayerSelection};
 use crate::error::Error;
 use crate::keys::PublicKey;
 use crate::ocicrypt::provider::{Kek, ResourceUri};
 use crate::ocicrypt::{Keyring, OcicryptError, Recipients};
+use crate::reference::ImageRef;
 
 pub async fn encrypt(ctx: &Context, a: EncryptArgs) -> Result<(), Error> {
     let recipients = Arc::new(recipients(&a)?);
@@ -14,14 +15,7 @@ pub async fn encrypt(ctx: &Context, a: EncryptArgs) -> Result<(), Error> {
     let (dest_ref, dest) = super::open(ctx, &a.dest, true).await?;
     let selection = LayerSelection { layers: a.layers };
     let s = crypt::encrypt(&src_ref, &src, &dest, recipients, &selection).await?;
-    ctx.summary(&format!(
-        "encrypted {} of {} layers ({}) into {dest_ref} ({})",
-        s.changed,
-        s.layers,
-        mb(s.bytes),
-        s.manifest_digest
-    ));
-    println!("{}", s.manifest_digest);
+    report(ctx, "encrypted", &s, &dest_ref);
     Ok(())
 }
 
@@ -30,15 +24,20 @@ pub async fn decrypt(ctx: &Context, a: DecryptArgs) -> Result<(), Error> {
     let (src_ref, src) = super::open(ctx, &a.src, false).await?;
     let (dest_ref, dest) = super::open(ctx, &a.dest, true).await?;
     let s = crypt::decrypt(&src_ref, &src, &dest, &keys).await?;
+    report(ctx, "decrypted", &s, &dest_ref);
+    Ok(())
+}
+
+/// The summary on stderr, the new manifest digest on stdout (for scripts).
+fn report(ctx: &Context, verb: &str, s: &CryptSummary, dest: &ImageRef) {
     ctx.summary(&format!(
-        "decrypted {} of {} layers ({}) into {dest_ref} ({})",
+        "{verb} {} of {} layers ({}) into {dest} ({})",
         s.changed,
         s.layers,
         mb(s.bytes),
         s.manifest_digest
     ));
     println!("{}", s.manifest_digest);
-    Ok(())
 }
 
 /// `jwe:FILE` and `kbs:///R/T/G` recipients; KEKs pair with `kbs://` recipients in order, or
