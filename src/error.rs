@@ -24,6 +24,8 @@ pub enum Error {
     Ocicrypt(#[from] crate::ocicrypt::OcicryptError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Broker(#[from] KeyFetch),
     #[error("cannot write `{path}`")]
     Output {
         path: String,
@@ -110,6 +112,19 @@ impl Error {
                 }
                 _ => {}
             },
+            Error::Pull(PullError::Broker { source, .. }) => match source.kind() {
+                Some("PolicyDeny") => hints.push(
+                    "the broker's resource policy refused this TEE; with the `sample` TEE the default \
+                     policy always does (install an allow-all policy for demos)"
+                        .into(),
+                ),
+                Some("PluginInternalError") => hints.push(
+                    "Trustee says this for a resource that does not exist: check the `kbs:///` path \
+                     and that the KEK was uploaded to the broker"
+                        .into(),
+                ),
+                _ => {}
+            },
             Error::Pull(PullError::Staging(StagingError::MountPoint { .. })) => hints.push(
                 "point `--to` at a directory inside the volume, such as `/models/qwen`, not at the mount point itself".into(),
             ),
@@ -135,3 +150,8 @@ fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// A key-broker failure outside a pull's layers (fetching a `kbs://` private key, setup).
+#[derive(Debug, thiserror::Error)]
+#[error("key broker")]
+pub struct KeyFetch(#[from] pub crate::kbs::KbsError);

@@ -22,6 +22,7 @@ pub mod env;
 pub mod error;
 pub mod extract;
 pub mod inspect;
+pub mod kbs;
 pub mod keys;
 pub mod layout;
 pub mod manifest;

@@ -141,6 +141,8 @@ pub struct PullArgs {
     pub concurrency: u16,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// With `--decryption-key` or `--kek`, also accept layers that are not encrypted (an
     /// artifact encrypted with `encrypt --encrypt-layer`). Default: refuse them, so a plain
     /// layer cannot be slipped into an encrypted model.
@@ -160,6 +162,27 @@ pub struct KeyArgs {
     /// Confidential Containers keyprovider annotations. Repeatable.
     #[arg(long = "kek", value_name = "FILE", env = MODELCRYPT_KEK, value_delimiter = ',')]
     pub keks: Vec<PathBuf>,
+}
+
+/// Where `kbs://` keys come from: a key broker we attest to, or the pod's Confidential Data
+/// Hub. With either, every `kbs:///R/T/G` recipient's KEK is fetched (once per resource), and
+/// `--decryption-key kbs:///R/T/G` fetches a private key.
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// The key broker (Trustee KBS, protocol 0.4.0), e.g. `http://kbs:8080`.
+    #[arg(long, value_name = "URL", env = MODELCRYPT_KBS, conflicts_with = "cdh")]
+    pub kbs: Option<String>,
+    /// The TEE to attest with: `auto` (detect) or `sample` (no hardware; proves nothing, for
+    /// tests and demos only). Default: auto.
+    #[arg(long, value_name = "TEE", env = MODELCRYPT_TEE, default_value = "auto")]
+    pub tee: String,
+    /// A PEM CA certificate for an HTTPS key broker. Default: the system's roots.
+    #[arg(long, value_name = "FILE", env = MODELCRYPT_KBS_CERT)]
+    pub kbs_cert: Option<PathBuf>,
+    /// Ask the Confidential Data Hub of a Confidential Containers pod instead (no attestation
+    /// by us). Default URL: http://127.0.0.1:8006.
+    #[arg(long, value_name = "URL", env = MODELCRYPT_CDH, num_args = 0..=1, default_missing_value = "http://127.0.0.1:8006")]
+    pub cdh: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -417,6 +417,19 @@ pub fn decrypted_descriptor(enc: &Descriptor, plain_digest: Digest) -> Descripto
     d
 }
 
+/// The key broker resources (`kid`s) of a layer's provider annotations, in order; items that
+/// do not parse are skipped here and reported when the layer's key is looked for.
+pub fn provider_kids(desc: &Descriptor) -> Vec<ResourceUri> {
+    desc.annotations
+        .iter()
+        .filter(|(name, _)| name.starts_with(&format!("{ANNOTATION_KEYS_PREFIX}provider.")))
+        .flat_map(|(_, value)| value.split(','))
+        .filter_map(|item| B64.decode(item.trim()).ok())
+        .filter_map(|raw| AnnotationPacket::parse(&raw).ok())
+        .filter_map(|p| p.resource().ok())
+        .collect()
+}
+
 pub fn is_encrypted(desc: &Descriptor) -> bool {
     desc.media_type.ends_with(ENCRYPTED_SUFFIX)
 }

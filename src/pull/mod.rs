@@ -71,6 +71,14 @@ pub enum PullError {
     },
     #[error("cannot finish the extracted tree")]
     Finish(#[source] ExtractError),
+    #[error("cannot get the KEK `{kid}` from the key broker")]
+    Broker {
+        kid: String,
+        #[source]
+        source: crate::kbs::KbsError,
+    },
+    #[error("the key broker's resource `{kid}` is {len} bytes; a KEK is 32")]
+    KekLength { kid: String, len: usize },
     #[error("internal error: not every one of the {layers} layers ({encrypted} encrypted) has its proofs")]
     Unverified { layers: usize, encrypted: usize },
 }
@@ -112,6 +120,8 @@ pub struct PullOptions {
     pub keys: Keyring,
     /// With keys, accept layers that are not encrypted. Default: refuse them.
     pub allow_plain_layers: bool,
+    /// Fetches the KEK of every `kbs://` recipient (key broker or CDH).
+    pub broker: Option<Arc<crate::kbs::Broker>>,
 }
 
 impl Default for PullOptions {
@@ -120,6 +130,7 @@ impl Default for PullOptions {
             concurrency: 4,
             keys: Keyring::default(),
             allow_plain_layers: false,
+            broker: None,
         }
     }
 }
@@ -146,9 +157,10 @@ pub async fn pull(
     src: &ImageRef,
     store: &Store,
     dest: &Path,
-    opts: &PullOptions,
+    opts: PullOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PullSummary, PullError> {
+    let mut opts = opts;
     let started = Instant::now();
     let resolved = store.resolve(src).await?;
     let manifest = &resolved.manifest;
@@ -172,9 +184,14 @@ pub async fn pull(
             });
         }
     }
+    if let Some(broker) = &opts.broker {
+        let keks = fetch_keks(manifest, broker).await?;
+        opts.keys.keks.extend(keks);
+    }
     // Every layer is checked (media type, file path, metadata, key) before a byte is fetched.
-    let require_encrypted = !opts.keys.is_empty() && !opts.allow_plain_layers;
-    if !opts.keys.is_empty() && src.pinned_digest().is_none() {
+    let keyed = !opts.keys.is_empty() || opts.broker.is_some();
+    let require_encrypted = keyed && !opts.allow_plain_layers;
+    if keyed && src.pinned_digest().is_none() {
         // ocicrypt authenticates each layer's bytes, not the manifest that names and lists them.
         tracing::warn!(
             reference = %src,
@@ -201,7 +218,7 @@ pub async fn pull(
         manifest.layers.len(),
         manifest.layers.iter().map(|l| l.size).sum(),
     );
-    let (written, proofs) = fetch_all(src, store, plans, &extractor, opts, reporter).await?;
+    let (written, proofs) = fetch_all(src, store, plans, &extractor, &opts, reporter).await?;
     let ex = extractor.clone();
     tokio::task::spawn_blocking(move || ex.finish())
         .await
@@ -236,6 +253,38 @@ pub async fn pull(
         elapsed: started.elapsed(),
         up_to_date: false,
     })
+}
+
+/// Asks the broker for the KEK of every `kbs://` recipient in the manifest, once per kid.
+async fn fetch_keks(
+    manifest: &crate::manifest::Manifest,
+    broker: &crate::kbs::Broker,
+) -> Result<Vec<crate::ocicrypt::provider::Kek>, PullError> {
+    use crate::ocicrypt::provider::Kek;
+    let mut kids = Vec::new();
+    for layer in &manifest.layers {
+        for uri in crate::ocicrypt::provider_kids(layer) {
+            if !kids.contains(&uri) {
+                kids.push(uri);
+            }
+        }
+    }
+    let mut keks = Vec::new();
+    for kid in kids {
+        let bytes = broker
+            .resource(&kid)
+            .await
+            .map_err(|source| PullError::Broker {
+                kid: kid.to_string(),
+                source,
+            })?;
+        let kek = Kek::from_bytes(&bytes).ok_or(PullError::KekLength {
+            kid: kid.to_string(),
+            len: bytes.len(),
+        })?;
+        keks.push(kek);
+    }
+    Ok(keks)
 }
 
 /// Runs the layers with bounded concurrency, biggest first so a large layer never waits behind

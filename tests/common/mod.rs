@@ -15,6 +15,9 @@
 #![allow(dead_code)]
 #![forbid(unsafe_code)]
 
+#[path = "../kbs/mod.rs"]
+pub mod kbs;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;

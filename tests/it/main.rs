@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod broker;
 mod encrypted;
 mod harness;
 mod hostile;

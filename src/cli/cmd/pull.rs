@@ -1,17 +1,39 @@
 use std::sync::Arc;
 
-use crate::cli::args::PullArgs;
+use crate::cli::args::{BrokerArgs, PullArgs};
 use crate::cli::reporter::Bars;
 use crate::cli::{mb, Context};
 use crate::error::Error;
+use crate::error::KeyFetch;
+use crate::kbs::attester::{Attester, AttesterError, Sample};
+use crate::kbs::{Broker, KbsConfig, KbsError};
+use crate::keys::PrivateKey;
+use crate::ocicrypt::provider::ResourceUri;
 use crate::ocicrypt::Keyring;
 use crate::pull::{self, NoopReporter, PullOptions, Reporter};
 
 pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
     let (src, store) = super::open(ctx, &a.src, false).await?;
-    let keys = Keyring::load(&a.keys.decryption_keys, &a.keys.keks)?;
+    let broker = broker(&a.broker)?;
+    // `kbs:///R/T/G` decryption keys are broker resources; the rest are files.
+    let (remote, files): (Vec<String>, Vec<String>) = a
+        .keys
+        .decryption_keys
+        .iter()
+        .cloned()
+        .partition(|k| k.starts_with("kbs://"));
+    let mut keys = Keyring::load(&files, &a.keys.keks)?;
+    for spec in remote {
+        let b = broker.as_ref().ok_or_else(|| {
+            Error::Usage(format!(
+                "`--decryption-key {spec}` needs `--kbs URL` or `--cdh`"
+            ))
+        })?;
+        keys.private_keys.push(remote_key(b, &spec).await?);
+    }
     let opts = PullOptions {
         keys,
+        broker,
         allow_plain_layers: a.allow_plain_layers,
         concurrency: a.concurrency.into(),
     };
@@ -20,7 +42,7 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         Some(b) => b.clone(),
         None => Arc::new(NoopReporter),
     };
-    let result = pull::pull(&src, &store, &a.to, &opts, reporter).await;
+    let result = pull::pull(&src, &store, &a.to, opts, reporter).await;
     if let Some(b) = &bars {
         b.finish();
     }
@@ -59,4 +81,57 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         s.manifest_digest
     ));
     Ok(())
+}
+
+fn broker(a: &BrokerArgs) -> Result<Option<Arc<Broker>>, Error> {
+    if let Some(url) = &a.cdh {
+        return Ok(Some(Arc::new(Broker::cdh(url).map_err(KeyFetch::from)?)));
+    }
+    let Some(url) = &a.kbs else { return Ok(None) };
+    let attester: Box<dyn Attester> = match a.tee.as_str() {
+        "sample" => {
+            tracing::warn!(
+                "attesting with the `sample` TEE: this proves nothing and is for tests only"
+            );
+            Box::new(Sample)
+        }
+        "auto" | "tdx" | "snp" => {
+            return Err(KeyFetch::from(KbsError::Evidence(AttesterError::NoTee(
+                "the TDX and SNP attesters are not built yet".into(),
+            )))
+            .into())
+        }
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown TEE `{other}`: use `auto` or `sample`"
+            )))
+        }
+    };
+    let ca_pem = match &a.kbs_cert {
+        Some(p) => Some(std::fs::read(p).map_err(|source| Error::Output {
+            path: p.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(Some(Arc::new(Broker::kbs(
+        KbsConfig {
+            url: url.clone(),
+            ca_pem,
+        },
+        attester,
+    ))))
+}
+
+/// A private key held by the broker (`--decryption-key kbs:///R/T/G`).
+async fn remote_key(broker: &Broker, spec: &str) -> Result<PrivateKey, Error> {
+    let uri = ResourceUri::parse(spec).map_err(crate::ocicrypt::OcicryptError::from)?;
+    let bytes = broker.resource(&uri).await.map_err(KeyFetch::from)?;
+    PrivateKey::from_bytes(&bytes, None).map_err(|source| {
+        crate::ocicrypt::OcicryptError::KeyFile {
+            path: spec.to_string(),
+            source,
+        }
+        .into()
+    })
 }
