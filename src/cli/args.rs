@@ -172,8 +172,9 @@ pub struct BrokerArgs {
     /// The key broker (Trustee KBS, protocol 0.4.0), e.g. `http://kbs:8080`.
     #[arg(long, value_name = "URL", env = MODELCRYPT_KBS, conflicts_with = "cdh")]
     pub kbs: Option<String>,
-    /// The TEE to attest with: `auto` (detect) or `sample` (no hardware; proves nothing, for
-    /// tests and demos only). Default: auto.
+    /// The TEE to attest with: `auto` (TDX or SEV-SNP, detected through configfs-tsm),
+    /// `tdx`, `snp`, or `sample` (no hardware; proves nothing, for tests and demos only).
+    /// Default: auto, which never falls back to `sample`.
     #[arg(long, value_name = "TEE", env = MODELCRYPT_TEE, default_value = "auto")]
     pub tee: String,
     /// A PEM CA certificate for an HTTPS key broker. Default: the system's roots.

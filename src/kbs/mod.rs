@@ -12,7 +12,7 @@ pub mod cdh;
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use kbs_types::{
     Attestation, Challenge, CompositeEvidence, ErrorInformation, Request, RuntimeData, TeePubKey,
@@ -517,12 +517,6 @@ async fn attest(config: &KbsConfig, attester: &dyn Attester) -> Result<Authentic
         .await
 }
 
-/// Sample-evidence report data as the sample verifier wants it: standard base64, unpadded
-/// bytes (kbs.md §3).
-pub fn sample_report_data(digest: &[u8]) -> String {
-    B64.encode(digest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,8 +535,9 @@ mod tests {
             crate::digest::hex(&d),
             "6be3a9463afee37cc97c511f3697eefe9fcd9dbaab431c081b134e5374a173ccb4ca98aaaf0b9d0d5d3831021237da4c"
         );
+        let sample = attester::Sample.evidence(&d).unwrap();
         assert_eq!(
-            sample_report_data(&d),
+            sample["report_data"],
             "a+OpRjr+43zJfFEfNpfu/p/NnbqrQxwIGxNOU3Shc8y0ypiqrwudDV04MQISN9pM"
         );
     }

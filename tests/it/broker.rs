@@ -293,3 +293,22 @@ fn the_cdh_route_pulls_the_same_artifact() {
     assert_success(&out);
     assert_eq!(model_files(&dest), model_files(&w.model));
 }
+
+/// Without TDX or SEV-SNP, `--tee auto` refuses instead of falling back to `sample`.
+#[test]
+fn auto_tee_detection_never_falls_back_to_sample() {
+    if std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
+        println!("SKIPPED: this machine has configfs-tsm");
+        return;
+    }
+    let Some(w) = world() else { return };
+    let kbs = TestKbs::start(KbsConfig::default().resource("default/key/1", w.kek.clone()));
+    let (dest, out) = pull(&w, "auto", &["--kbs", &kbs.url()]);
+    assert_failure_contains(&out, &["no TEE found", "--tee sample"]);
+    assert_nothing_left(&dest);
+    assert!(
+        kbs.summary().is_empty(),
+        "nothing was sent to the broker: {:?}",
+        kbs.summary()
+    );
+}

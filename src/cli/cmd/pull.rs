@@ -5,7 +5,9 @@ use crate::cli::reporter::Bars;
 use crate::cli::{mb, Context};
 use crate::error::Error;
 use crate::error::KeyFetch;
-use crate::kbs::attester::{Attester, AttesterError, Sample};
+use std::path::Path;
+
+use crate::kbs::attester::{detect, Attester, Sample, Snp, Tdx, Tsm, TSM_ROOT};
 use crate::kbs::{Broker, KbsConfig, KbsError};
 use crate::keys::PrivateKey;
 use crate::ocicrypt::provider::ResourceUri;
@@ -95,12 +97,9 @@ fn broker(a: &BrokerArgs) -> Result<Option<Arc<Broker>>, Error> {
             );
             Box::new(Sample)
         }
-        "auto" | "tdx" | "snp" => {
-            return Err(KeyFetch::from(KbsError::Evidence(AttesterError::NoTee(
-                "the TDX and SNP attesters are not built yet".into(),
-            )))
-            .into())
-        }
+        "auto" => detect(Path::new(TSM_ROOT)).map_err(|e| KeyFetch::from(KbsError::Evidence(e)))?,
+        "tdx" => Box::new(Tdx::new(Tsm::new(TSM_ROOT))),
+        "snp" => Box::new(Snp::new(Tsm::new(TSM_ROOT))),
         other => {
             return Err(Error::Usage(format!(
                 "unknown TEE `{other}`: use `auto` or `sample`"
