@@ -367,6 +367,31 @@ impl PublicKey {
 }
 
 impl RsaPublicKey {
+    /// The modulus and public exponent, big-endian without leading zeros (a JWK's `n`, `e`).
+    pub fn components(&self) -> Result<(Vec<u8>, Vec<u8>), KeyError> {
+        let spki = self.key.as_der().map_err(|_| KeyError::Rejected {
+            what: "RSA public key",
+            reason: "encoding",
+        })?;
+        let parse = || -> Result<(Vec<u8>, Vec<u8>), der::Error> {
+            let mut outer = der::Reader::new(spki.as_ref()).sequence()?;
+            outer.sequence()?;
+            let bits = outer.bit_string()?;
+            let mut key = der::Reader::new(bits).sequence()?;
+            let strip = |i: &[u8]| {
+                i.iter()
+                    .skip_while(|b| **b == 0)
+                    .copied()
+                    .collect::<Vec<u8>>()
+            };
+            let n = strip(key.read(der::INTEGER)?);
+            let e = strip(key.read(der::INTEGER)?);
+            key.finish()?;
+            Ok((n, e))
+        };
+        parse().map_err(|e| e.within("RSA SubjectPublicKeyInfo"))
+    }
+
     /// Modulus size in bits.
     pub fn bits(&self) -> usize {
         self.bits
@@ -433,6 +458,14 @@ impl fmt::Debug for EcPublicKey {
             .field("kid", &self.jwk.kid)
             .finish_non_exhaustive()
     }
+}
+
+/// An RSA-2048 key for the key broker's `RSA-OAEP-256` replies (kbs.md §2.1), PKCS#8 DER.
+pub fn generate_rsa2048_pkcs8() -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let key = rsa::PrivateDecryptingKey::generate(rsa::KeySize::Rsa2048)
+        .map_err(|_| KeyError::Generate)?;
+    let pkcs8 = key.as_der().map_err(|_| KeyError::Generate)?;
+    Ok(Zeroizing::new(pkcs8.as_ref().to_vec()))
 }
 
 /// `modelcrypt keygen --rsa`: a fresh RSA-4096 key as PEM PKCS#8 `PRIVATE KEY` and PEM SPKI

@@ -177,6 +177,10 @@ pub struct BrokerArgs {
     /// Default: auto, which never falls back to `sample`.
     #[arg(long, value_name = "TEE", env = MODELCRYPT_TEE, default_value = "auto")]
     pub tee: String,
+    /// The ephemeral key the broker encrypts its replies to: `ec` (P-256, `ECDH-ES+A256KW`)
+    /// or `rsa` (2048, `RSA-OAEP-256`). Default: ec.
+    #[arg(long, value_name = "KIND", env = MODELCRYPT_TEE_KEY, default_value = "ec", value_parser = ["ec", "rsa"])]
+    pub tee_key: String,
     /// A PEM CA certificate for an HTTPS key broker. Default: the system's roots.
     #[arg(long, value_name = "FILE", env = MODELCRYPT_KBS_CERT)]
     pub kbs_cert: Option<PathBuf>,

@@ -121,7 +121,40 @@ pub struct TeeKey {
     jwk: TeePubKey,
 }
 
+/// Which ephemeral key to bind (kbs.md §2.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TeeKeyKind {
+    /// EC P-256 with `ECDH-ES+A256KW`, Trustee's default.
+    #[default]
+    EcP256,
+    /// RSA 2048 with `RSA-OAEP-256`.
+    Rsa2048,
+}
+
 impl TeeKey {
+    pub fn generate_kind(kind: TeeKeyKind) -> Result<TeeKey, KbsError> {
+        match kind {
+            TeeKeyKind::EcP256 => TeeKey::generate(),
+            TeeKeyKind::Rsa2048 => TeeKey::generate_rsa(),
+        }
+    }
+
+    /// A fresh RSA-2048 key, `RSA-OAEP-256`.
+    pub fn generate_rsa() -> Result<TeeKey, KbsError> {
+        let der = crate::keys::generate_rsa2048_pkcs8().map_err(KbsError::TeeKey)?;
+        let private = PrivateKey::from_bytes(&der, None).map_err(KbsError::TeeKey)?;
+        let PublicKey::Rsa(public) = private.public_key() else {
+            return Err(KbsError::TeeKey(KeyError::Generate));
+        };
+        let (n, e) = public.components().map_err(KbsError::TeeKey)?;
+        let jwk = TeePubKey::RSA {
+            alg: "RSA-OAEP-256".into(),
+            k_mod: B64URL.encode(n),
+            k_exp: B64URL.encode(e),
+        };
+        Ok(TeeKey { private, jwk })
+    }
+
     /// A fresh EC P-256 key, `ECDH-ES+A256KW` (Trustee's default, kbs.md §2.1).
     pub fn generate() -> Result<TeeKey, KbsError> {
         let (pem, _) = crate::keys::generate_ec_p256().map_err(KbsError::TeeKey)?;
@@ -193,6 +226,8 @@ pub fn runtime_data_digest(
 pub struct KbsConfig {
     /// `http(s)://host:port`, without `/kbs/v0`.
     pub url: String,
+    /// The ephemeral key's kind. Default: EC P-256.
+    pub tee_key: TeeKeyKind,
     /// Extra CA certificate (PEM) for an HTTPS broker.
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -216,12 +251,14 @@ fn http_client(config: &KbsConfig) -> Result<reqwest::Client, KbsError> {
 
 /// First state: nothing sent yet.
 pub struct ExpectChallenge {
+    tee_key: TeeKeyKind,
     http: reqwest::Client,
     base: String,
 }
 
 /// Second state: the challenge arrived and the session cookie is set.
 pub struct ExpectAttestResult {
+    tee_key: TeeKeyKind,
     http: reqwest::Client,
     base: String,
     session: String,
@@ -240,6 +277,7 @@ pub struct Authenticated {
 impl ExpectChallenge {
     pub fn new(config: &KbsConfig) -> Result<ExpectChallenge, KbsError> {
         Ok(ExpectChallenge {
+            tee_key: config.tee_key,
             http: http_client(config)?,
             base: config.url.trim_end_matches('/').to_string(),
         })
@@ -267,6 +305,7 @@ impl ExpectChallenge {
         let challenge: Challenge =
             serde_json::from_slice(&body).map_err(|e| malformed(path, e.to_string()))?;
         Ok(ExpectAttestResult {
+            tee_key: self.tee_key,
             http: self.http,
             base: self.base,
             session,
@@ -278,7 +317,7 @@ impl ExpectChallenge {
 impl ExpectAttestResult {
     /// `POST /kbs/v0/attest` with evidence binding a fresh key to the challenge.
     pub async fn handle(self, attester: &dyn Attester) -> Result<Authenticated, KbsError> {
-        let key = TeeKey::generate()?;
+        let key = TeeKey::generate_kind(self.tee_key)?;
         let hash = HashAlgorithm::from_challenge(&self.challenge.extra_params)?;
         let report_data = runtime_data_digest(&self.challenge.nonce, key.jwk(), "", hash);
         let evidence = attester
@@ -539,6 +578,33 @@ mod tests {
         assert_eq!(
             sample["report_data"],
             "a+OpRjr+43zJfFEfNpfu/p/NnbqrQxwIGxNOU3Shc8y0ypiqrwudDV04MQISN9pM"
+        );
+    }
+
+    #[test]
+    fn the_rsa_tee_key_is_an_rsa_oaep_256_jwk_whose_private_half_opens_replies() {
+        let k = TeeKey::generate_rsa().unwrap();
+        let TeePubKey::RSA { alg, k_mod, k_exp } = k.jwk() else {
+            panic!("RSA key expected")
+        };
+        assert_eq!(alg, "RSA-OAEP-256");
+        assert_eq!(B64URL.decode(k_mod).unwrap().len(), 256);
+        assert_eq!(k_exp, "AQAB");
+        // An independent RSA-OAEP-256 JWE would need the public key: build it from n and e.
+        let jwk = serde_json::json!({"kty": "RSA", "alg": "RSA-OAEP-256", "n": k_mod, "e": k_exp});
+        let public = PublicKey::from_bytes(jwk.to_string().as_bytes()).unwrap();
+        let sealed = jwe::wrap(b"kek", &[public]).unwrap();
+        let protected = serde_json::from_slice::<Value>(&sealed).unwrap()["protected"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let header: Value = serde_json::from_slice(&B64URL.decode(protected).unwrap()).unwrap();
+        assert_eq!(header["alg"], "RSA-OAEP-256");
+        assert_eq!(
+            jwe::unwrap(&sealed, std::slice::from_ref(&k.private))
+                .unwrap()
+                .as_slice(),
+            b"kek"
         );
     }
 

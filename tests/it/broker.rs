@@ -312,3 +312,23 @@ fn auto_tee_detection_never_falls_back_to_sample() {
         kbs.summary()
     );
 }
+
+#[test]
+fn an_rsa_tee_key_gets_an_rsa_oaep_256_reply_that_opens() {
+    let Some(w) = world() else { return };
+    let kbs = TestKbs::start(KbsConfig::default().resource("default/key/1", w.kek.clone()));
+    let (dest, out) = pull(
+        &w,
+        "rsa",
+        &["--kbs", &kbs.url(), "--tee", "sample", "--tee-key", "rsa"],
+    );
+    assert_success(&out);
+    assert_eq!(model_files(&dest), model_files(&w.model));
+    let attest = kbs
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/kbs/v0/attest")
+        .expect("an attest request");
+    let body: serde_json::Value = serde_json::from_slice(&attest.body).unwrap();
+    assert_eq!(body["runtime-data"]["tee-pubkey"]["alg"], "RSA-OAEP-256");
+}

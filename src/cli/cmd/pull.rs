@@ -8,7 +8,7 @@ use crate::error::KeyFetch;
 use std::path::Path;
 
 use crate::kbs::attester::{detect, Attester, Sample, Snp, Tdx, Tsm, TSM_ROOT};
-use crate::kbs::{Broker, KbsConfig, KbsError};
+use crate::kbs::{Broker, KbsConfig, KbsError, TeeKeyKind};
 use crate::keys::PrivateKey;
 use crate::ocicrypt::provider::ResourceUri;
 use crate::ocicrypt::Keyring;
@@ -113,9 +113,14 @@ fn broker(a: &BrokerArgs) -> Result<Option<Arc<Broker>>, Error> {
         })?),
         None => None,
     };
+    let tee_key = match a.tee_key.as_str() {
+        "rsa" => TeeKeyKind::Rsa2048,
+        _ => TeeKeyKind::EcP256,
+    };
     Ok(Some(Arc::new(Broker::kbs(
         KbsConfig {
             url: url.clone(),
+            tee_key,
             ca_pem,
         },
         attester,
