@@ -181,11 +181,17 @@ pub struct BrokerArgs {
     /// or `rsa` (2048, `RSA-OAEP-256`). Default: ec.
     #[arg(long, value_name = "KIND", env = MODELCRYPT_TEE_KEY, default_value = "ec", value_parser = ["ec", "rsa"])]
     pub tee_key: String,
+    /// Allow `--kbs http://` to a host other than this machine. The key broker's replies are
+    /// encrypted to our key, but nothing authenticates the broker over plain HTTP: anyone on
+    /// the path can answer in its place. For demos on a private network only. Default: off.
+    #[arg(long, env = MODELCRYPT_DANGEROUS_KBS_PLAIN_HTTP, value_parser = BoolishValueParser::new())]
+    pub dangerous_kbs_plain_http: bool,
     /// A PEM CA certificate for an HTTPS key broker. Default: the system's roots.
     #[arg(long, value_name = "FILE", env = MODELCRYPT_KBS_CERT)]
     pub kbs_cert: Option<PathBuf>,
     /// Ask the Confidential Data Hub of a Confidential Containers pod instead (no attestation
-    /// by us). Default URL: http://127.0.0.1:8006.
+    /// by us). It must be on this machine: it answers with keys in the clear. Default URL:
+    /// http://127.0.0.1:8006.
     #[arg(long, value_name = "URL", env = MODELCRYPT_CDH, num_args = 0..=1, default_missing_value = "http://127.0.0.1:8006")]
     pub cdh: Option<String>,
 }

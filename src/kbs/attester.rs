@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -77,10 +76,15 @@ impl Tsm {
         Tsm { root: root.into() }
     }
 
-    /// The provider behind this configfs-tsm (`tdx_guest`, `sev_guest`), if it works here.
-    pub fn provider(&self) -> Option<String> {
-        let entry = Entry::create(&self.root).ok()?;
-        read_text(&entry.0.join("provider")).ok()
+    /// The provider behind this configfs-tsm (`tdx_guest`, `sev_guest`); `Ok(None)` when
+    /// there is no configfs-tsm here at all.
+    pub fn provider(&self) -> Result<Option<String>, AttesterError> {
+        if !self.root.is_dir() {
+            return Ok(None);
+        }
+        let entry = Entry::create(&self.root)?;
+        let provider = entry.0.join("provider");
+        read_text(&provider).map(Some).map_err(tsm(&provider))
     }
 
     /// A report for `report_data` (zero-padded to 64 bytes) from `provider`.
@@ -98,19 +102,29 @@ impl Tsm {
 struct Entry(PathBuf);
 
 impl Entry {
+    /// A random name: configfs-tsm is shared by the whole guest, and in a container our pid
+    /// is usually 1, so a pid-based name would collide with another init container's entry
+    /// or with one a killed run left behind.
     fn create(root: &Path) -> Result<Entry, AttesterError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "modelcrypt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = root.join(name);
-        fs::create_dir(&path).map_err(|source| AttesterError::Tsm {
-            path: path.clone(),
+        let mut last = None;
+        for _ in 0..4 {
+            let mut r = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut r).map_err(|_| AttesterError::Tsm {
+                path: root.into(),
+                source: std::io::Error::other("no randomness"),
+            })?;
+            let path = root.join(format!("modelcrypt-{}", crate::digest::hex(&r)));
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(Entry(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(source) => return Err(AttesterError::Tsm { path, source }),
+            }
+        }
+        let source = last.unwrap_or_else(|| std::io::Error::other("name collision"));
+        Err(AttesterError::Tsm {
+            path: root.into(),
             source,
-        })?;
-        Ok(Entry(path))
+        })
     }
 }
 
@@ -247,7 +261,7 @@ impl Attester for Snp {
 /// `--tee auto`: the hardware configfs-tsm reports. Never falls back to `sample`.
 pub fn detect(root: &Path) -> Result<Box<dyn Attester>, AttesterError> {
     let tsm = Tsm::new(root);
-    match tsm.provider().as_deref() {
+    match tsm.provider()?.as_deref() {
         Some("tdx_guest") => Ok(Box::new(Tdx::new(tsm))),
         Some("sev_guest") => Ok(Box::new(Snp::new(tsm))),
         Some(other) => Err(AttesterError::NoTee(format!(

@@ -17,7 +17,9 @@ pub struct Cdh {
 
 impl Cdh {
     pub fn new(url: &str) -> Result<Cdh, KbsError> {
+        // The CDH is on this machine; a proxy from the environment must never see the keys.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|source| KbsError::Unreachable {
@@ -42,10 +44,23 @@ impl Cdh {
                 source,
             })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| KbsError::Malformed {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        // Read through a bound, straight into a buffer that is wiped.
+        let mut body = Zeroizing::new(Vec::new());
+        let mut stream = resp.bytes_stream();
+        use futures_util::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| KbsError::Malformed {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if body.len() + chunk.len() > MAX_RESOURCE {
+                return Err(KbsError::Malformed {
+                    path,
+                    reason: format!("resource over {MAX_RESOURCE} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(KbsError::Refused {
                 path,
@@ -54,12 +69,6 @@ impl Cdh {
                 detail: crate::extract::shown(&String::from_utf8_lossy(&body)),
             });
         }
-        if body.len() > MAX_RESOURCE {
-            return Err(KbsError::Malformed {
-                path,
-                reason: format!("resource over {MAX_RESOURCE} bytes"),
-            });
-        }
-        Ok(Zeroizing::new(body.to_vec()))
+        Ok(body)
     }
 }

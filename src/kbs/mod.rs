@@ -232,10 +232,28 @@ pub struct KbsConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Whether a URL's host is this machine: such traffic must never go through `HTTP_PROXY`.
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn http_client(config: &KbsConfig) -> Result<reqwest::Client, KbsError> {
     let mut b = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("modelcrypt/", env!("CARGO_PKG_VERSION")));
+    if is_loopback(&config.url) {
+        b = b.no_proxy();
+    }
     if let Some(pem) = &config.ca_pem {
         let cert = reqwest::Certificate::from_pem(pem).map_err(|e| KbsError::Malformed {
             path: "--kbs-cert".into(),

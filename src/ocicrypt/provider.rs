@@ -130,8 +130,14 @@ impl ResourceUri {
         let (_, path) = rest.split_once('/').ok_or_else(bad)?;
         let path = path.split('?').next().unwrap_or(path);
         let parts: Vec<&str> = path.split('/').collect();
+        // Trustee's own rule for resource paths (kbs.md §1.1): nothing that a URL parser
+        // could read as a separator, an escape or `..`.
         let ok = |p: &str| {
-            !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_graphic())
+            let mut bytes = p.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         };
         match parts.as_slice() {
             [r, t, g] if ok(r) && ok(t) && ok(g) => Ok(ResourceUri {

@@ -332,3 +332,54 @@ fn an_rsa_tee_key_gets_an_rsa_oaep_256_reply_that_opens() {
     let body: serde_json::Value = serde_json::from_slice(&attest.body).unwrap();
     assert_eq!(body["runtime-data"]["tee-pubkey"]["alg"], "RSA-OAEP-256");
 }
+
+#[test]
+fn a_plain_http_broker_off_this_machine_and_a_remote_cdh_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("m");
+    let base = [
+        "pull",
+        "oci:demo/tiny-model-encrypted.oci:v1",
+        "--to",
+        dest.to_str().unwrap(),
+    ];
+    let out = modelcrypt(
+        [
+            &base[..],
+            &["--kbs", "http://kbs.example:8080", "--tee", "sample"],
+        ]
+        .concat(),
+    );
+    assert_failure_contains(&out, &["plain HTTP", "--dangerous-kbs-plain-http"]);
+    let out = modelcrypt([&base[..], &["--cdh", "http://10.0.0.1:8006"]].concat());
+    assert_failure_contains(&out, &["not on this machine"]);
+    assert!(dir_names(tmp.path()).is_empty());
+}
+
+#[test]
+fn broker_requests_to_this_machine_never_go_through_a_proxy() {
+    let Some(w) = world() else { return };
+    // A "proxy" that answers every request with a bogus 32-byte key.
+    let proxy = fake_cdh("/never", vec![0u8; 32]);
+    let url = fake_cdh("/cdh/resource/default/key/1", w.kek.clone());
+    // From a layout: registry traffic may use a proxy (it is verified by digest); keys may not.
+    let layout = format!("oci:{}:v1", w.tmp.path().join("enc-layout").display());
+    assert_success(&modelcrypt(["--plain-http", "copy", &w.reference, &layout]));
+    let parent = w.tmp.path().join("out-proxy");
+    let dest = parent.join("model");
+    let out = crate::common::Cmd::modelcrypt()
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("ALL_PROXY", &proxy)
+        .args([
+            "pull",
+            &layout,
+            "--to",
+            dest.to_str().unwrap(),
+            "--cdh",
+            &url,
+        ])
+        .run();
+    assert_success(&out);
+    assert_eq!(model_files(&dest), model_files(&w.model));
+}

@@ -8,7 +8,7 @@ use crate::error::KeyFetch;
 use std::path::Path;
 
 use crate::kbs::attester::{detect, Attester, Sample, Snp, Tdx, Tsm, TSM_ROOT};
-use crate::kbs::{Broker, KbsConfig, KbsError, TeeKeyKind};
+use crate::kbs::{is_loopback, Broker, KbsConfig, KbsError, TeeKeyKind};
 use crate::keys::PrivateKey;
 use crate::ocicrypt::provider::ResourceUri;
 use crate::ocicrypt::Keyring;
@@ -87,9 +87,24 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
 
 fn broker(a: &BrokerArgs) -> Result<Option<Arc<Broker>>, Error> {
     if let Some(url) = &a.cdh {
+        if !is_loopback(url) {
+            return Err(Error::Usage(format!(
+                "`--cdh {url}` is not on this machine; the CDH answers with keys in the clear"
+            )));
+        }
         return Ok(Some(Arc::new(Broker::cdh(url).map_err(KeyFetch::from)?)));
     }
     let Some(url) = &a.kbs else { return Ok(None) };
+    if url.starts_with("http://") && !is_loopback(url) {
+        if !a.dangerous_kbs_plain_http {
+            return Err(Error::Usage(format!(
+                "`--kbs {url}` is plain HTTP: nothing would authenticate the key broker. Use \
+                 https:// (with `--kbs-cert` for a private CA), or `--dangerous-kbs-plain-http` \
+                 for a demo on a private network"
+            )));
+        }
+        tracing::warn!(url = %url, "plain-HTTP key broker: anyone on the path can answer in its place");
+    }
     let attester: Box<dyn Attester> = match a.tee.as_str() {
         "sample" => {
             tracing::warn!(
