@@ -157,10 +157,9 @@ pub async fn pull(
     src: &ImageRef,
     store: &Store,
     dest: &Path,
-    opts: PullOptions,
+    mut opts: PullOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PullSummary, PullError> {
-    let mut opts = opts;
     let started = Instant::now();
     let resolved = store.resolve(src).await?;
     let manifest = &resolved.manifest;
@@ -214,10 +213,9 @@ pub async fn pull(
     staging.check_destination()?;
 
     let extractor = Arc::new(Extractor::new(staging.root().to_path_buf()));
-    reporter.on_pull_start(
-        manifest.layers.len(),
-        manifest.layers.iter().map(|l| l.size).sum(),
-    );
+    // The manifest parser refused sizes that overflow this sum.
+    let blob_bytes: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    reporter.on_pull_start(manifest.layers.len(), blob_bytes);
     let (written, proofs) = fetch_all(src, store, plans, &extractor, &opts, reporter).await?;
     let ex = extractor.clone();
     tokio::task::spawn_blocking(move || ex.finish())
@@ -226,7 +224,6 @@ pub async fn pull(
         .map_err(PullError::Finish)?;
 
     let layers = manifest.layers.len();
-    let blob_bytes = manifest.layers.iter().map(|l| l.size).sum();
     let encrypted = manifest
         .layers
         .iter()
