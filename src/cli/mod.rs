@@ -16,6 +16,7 @@ use args::{Args, Command, GlobalArgs};
 
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
+    no_core_dumps();
     let args = Args::parse();
     init_logging(&args.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -45,6 +46,19 @@ pub fn run() -> ExitCode {
     // the dropped future). Exit without tearing the runtime down: a blocking worker still in
     // a network read would otherwise hold the exit or panic on the dying runtime.
     std::process::exit(code.into())
+}
+
+/// Keys live only in this process's memory (architecture.md, trust model): a crash must not
+/// write them to disk as a core file, and other processes of the same user may not read our
+/// memory through ptrace or /proc.
+fn no_core_dumps() {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot mark the process undumpable");
+    }
 }
 
 async fn dispatch(args: Args) -> Result<(), Error> {

@@ -187,13 +187,14 @@ impl Staging {
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
             .map_err(io_err(&self.dir))?;
         if fs::symlink_metadata(&self.dest).is_ok() {
-            // Swap atomically with the old pull, then delete it from its staging name.
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
+            // Swap atomically with the old pull, then delete it from its staging name. rustix,
+            // because nix offers renameat2 only on glibc and the shipped binary is musl.
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
                 &self.dir,
-                nix::fcntl::AT_FDCWD,
+                rustix::fs::CWD,
                 &self.dest,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                rustix::fs::RenameFlags::EXCHANGE,
             )
             .map_err(|e| io_err(&self.dest)(io::Error::from(e)))?;
             self.committed = true;

@@ -11,3 +11,4 @@ mod harness;
 mod hostile;
 mod roundtrip;
 mod skopeo_crypt;
+mod static_binary;

@@ -433,6 +433,17 @@ fn sigterm_during_a_pull_removes_the_staging_directory_and_fails() {
     let (_blob, _bytes) = block_weights_layer(&layout);
     let parent = tmp.path().join("out");
     let child = start_blocked_pull(&layout, &parent.join("tiny"));
+    // The process that holds keys writes no core file.
+    let limits = fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
