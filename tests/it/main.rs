@@ -6,6 +6,7 @@
 mod common;
 
 mod broker;
+mod deploy;
 mod encrypted;
 mod harness;
 mod hostile;
