@@ -1509,3 +1509,31 @@ fn free_loopback_port() -> u16 {
         .expect("bind 127.0.0.1:0")
         .port()
 }
+
+/// Reads the manifest a layout's tag points at.
+pub fn layout_manifest(layout: &Path) -> (String, Value) {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let raw = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    (digest, serde_json::from_slice(&raw).unwrap())
+}
+
+/// Rewrites a layout's manifest (and points the index at the new one).
+pub fn write_layout_manifest(layout: &Path, manifest: &Value) {
+    let raw = serde_json::to_vec(manifest).unwrap();
+    let digest = sha256_digest(&raw);
+    fs::write(layout.join("blobs/sha256").join(&digest[7..]), &raw).unwrap();
+    let mut index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"] = Value::String(digest);
+    index["manifests"][0]["size"] = Value::from(raw.len());
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}

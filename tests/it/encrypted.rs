@@ -9,8 +9,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::{
-    assert_failure_contains, assert_success, dir_names, make_model_dir, model_files, modelcrypt,
-    require_peer, sha256_digest, OciLayoutBuilder, TarBuilder, TestRegistry,
+    assert_failure_contains, assert_success, dir_names, layout_manifest as manifest_of,
+    make_model_dir, model_files, modelcrypt, require_peer, sha256_digest,
+    write_layout_manifest as write_manifest, OciLayoutBuilder, TarBuilder, TestRegistry,
 };
 
 fn run_ok(args: &[&str]) -> String {
@@ -217,34 +218,6 @@ fn only_the_selected_layers_are_encrypted() {
     ];
     assert_success(&modelcrypt(args));
     assert_eq!(model_files(&dest), model_files(&model));
-}
-
-/// Reads the manifest a layout's tag points at.
-fn manifest_of(layout: &Path) -> (String, Value) {
-    let index: Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let raw = fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
-    (digest, serde_json::from_slice(&raw).unwrap())
-}
-
-/// Rewrites a layout's manifest (and points the index at the new one).
-fn write_manifest(layout: &Path, manifest: &Value) {
-    let raw = serde_json::to_vec(manifest).unwrap();
-    let digest = sha256_digest(&raw);
-    fs::write(layout.join("blobs/sha256").join(&digest[7..]), &raw).unwrap();
-    let mut index: Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"] = Value::String(digest);
-    index["manifests"][0]["size"] = Value::from(raw.len());
-    fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
 }
 
 fn weights_index(manifest: &Value) -> usize {

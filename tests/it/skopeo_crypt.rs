@@ -285,17 +285,7 @@ fn a_corrupted_jwe_fails_clearly_and_leaves_nothing() {
         jwe["ciphertext"] = Value::String(flipped);
         l["annotations"][key] = Value::String(b64.encode(serde_json::to_vec(&jwe).unwrap()));
     }
-    let raw = serde_json::to_vec(&m).unwrap();
-    let new = sha256_digest(&raw);
-    fs::write(layout_dir.join("blobs/sha256").join(&new[7..]), &raw).unwrap();
-    let mut index = index;
-    index["manifests"][0]["digest"] = Value::String(new);
-    index["manifests"][0]["size"] = Value::from(raw.len());
-    fs::write(
-        layout_dir.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
+    crate::common::write_layout_manifest(&layout_dir, &m);
 
     let parent = w.tmp.path().join("out");
     fs::create_dir(&parent).unwrap();
