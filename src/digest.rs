@@ -260,9 +260,28 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Hex text to bytes; `None` unless every character is a hex digit and the length is even.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips_and_bad_hex_is_refused() {
+        assert_eq!(unhex(&hex(&[0, 0xab, 0xff])).unwrap(), vec![0, 0xab, 0xff]);
+        for bad in ["a", "zz", "0g"] {
+            assert!(unhex(bad).is_none(), "{bad}");
+        }
+    }
 
     const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

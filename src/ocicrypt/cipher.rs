@@ -254,10 +254,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::digest::unhex(s).unwrap()
     }
 
     /// ocicrypt.md §4.5, V1: exercises the 128-bit counter wrap in block 2.

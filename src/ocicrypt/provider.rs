@@ -78,13 +78,7 @@ impl Kek {
             return Ok(k);
         }
         let text = std::str::from_utf8(&raw).unwrap_or("").trim();
-        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
-                (0..64)
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-                    .collect(),
-            );
+        if let Some(bytes) = crate::digest::unhex(text).map(Zeroizing::new) {
             if let Some(k) = Kek::from_bytes(&bytes) {
                 return Ok(k);
             }
@@ -265,10 +259,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::digest::unhex(s).unwrap()
     }
 
     /// ocicrypt.md §6.5: guest-components' `sample_kbc_annotation.json`, wrapped by Go tooling
@@ -322,6 +313,31 @@ mod tests {
         data[0] ^= 1;
         tampered.wrapped_data = B64.encode(data);
         assert!(tampered.unwrap(&kek).is_err());
+    }
+
+    #[test]
+    fn kek_files_may_be_raw_hex_or_base64_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = [0x5au8; 32];
+        let forms: [(&str, Vec<u8>); 3] = [
+            ("raw", raw.to_vec()),
+            (
+                "hex",
+                format!("{}\n", crate::digest::hex(&raw)).into_bytes(),
+            ),
+            ("b64", format!("{}\n", B64.encode(raw)).into_bytes()),
+        ];
+        for (name, bytes) in forms {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(Kek::from_file(&path).unwrap().as_bytes(), &raw, "{name}");
+        }
+        let short = dir.path().join("short");
+        std::fs::write(&short, [1u8; 31]).unwrap();
+        assert!(matches!(
+            Kek::from_file(&short),
+            Err(ProviderError::KekLength { .. })
+        ));
     }
 
     #[test]

@@ -41,6 +41,17 @@ fn encrypt_for_kek(src: &str, dest: &str, kek: &str, extra: &[&str]) -> String {
     run_ok(&args)
 }
 
+fn pull_with_kek(reference: &str, dest: &Path, kek: &str) -> crate::common::RunOutput {
+    modelcrypt([
+        "pull",
+        reference,
+        "--to",
+        dest.to_str().unwrap(),
+        "--kek",
+        kek,
+    ])
+}
+
 /// Edits the blob of layer `index` in a layout, stores it under its new digest and points
 /// the manifest at it, as an attacker who controls the registry and the tag would.
 fn rewrite_layer_blob(layout: &Path, index: usize, edit: impl FnOnce(&mut Vec<u8>)) -> String {
@@ -350,14 +361,7 @@ fn the_hmac_covers_bytes_after_the_end_of_the_tar_archive() {
 
     // Untouched, it pulls.
     let ok = tmp.path().join("ok");
-    assert_success(&modelcrypt([
-        "pull",
-        &enc,
-        "--to",
-        ok.to_str().unwrap(),
-        "--kek",
-        &kek,
-    ]));
+    assert_success(&pull_with_kek(&enc, &ok, &kek));
     assert_eq!(fs::read(ok.join("weights.bin")).unwrap(), vec![7u8; 10_000]);
 
     // Flip a byte in the trailing zeros (still a valid-looking tail) and fix the digest.
@@ -538,14 +542,7 @@ fn the_hmac_covers_a_gzip_trailer_the_tar_reader_never_asks_for() {
     encrypt_for_kek(&b.reference("v1"), &enc, &kek, &[]);
 
     let ok = tmp.path().join("ok");
-    assert_success(&modelcrypt([
-        "pull",
-        &enc,
-        "--to",
-        ok.to_str().unwrap(),
-        "--kek",
-        &kek,
-    ]));
+    assert_success(&pull_with_kek(&enc, &ok, &kek));
     assert_eq!(fs::read(ok.join("weights.bin")).unwrap(), vec![9u8; 50_000]);
 
     // Flip the last byte: the gzip ISIZE trailer.
