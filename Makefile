@@ -118,8 +118,7 @@ image-context: ## Stage the static binary, CA certificates, passwd and group for
 	mkdir -p $(IMAGE_CONTEXT)
 	cp $(STATIC_BIN) $(IMAGE_CONTEXT)/modelcrypt
 	cp $(CA_BUNDLE) $(IMAGE_CONTEXT)/ca-certificates.crt
-	echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' > $(IMAGE_CONTEXT)/passwd
-	echo 'nonroot:x:65532:' > $(IMAGE_CONTEXT)/group
+	cp deploy/image/passwd deploy/image/group $(IMAGE_CONTEXT)/
 
 init-container: image-context ## Build the static binary and the init-container image, push it to REGISTRY
 	$(CONTAINER_ENGINE) build -f Containerfile -t $(INIT_IMAGE) $(IMAGE_CONTEXT)

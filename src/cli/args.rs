@@ -1,6 +1,7 @@
 //! Command-line flags. Every flag has a `MODELCRYPT_*` variable (see `env.rs`), so a pod spec
 //! can configure the init container entirely through its environment.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
@@ -22,6 +23,13 @@ pub struct Args {
     pub command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
     /// Use plain HTTP, not HTTPS, for registries (for a local test registry). Default: off.
@@ -34,18 +42,35 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = MODELCRYPT_AUTHFILE, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
 
-    /// Log as JSON lines on stderr (for pods). Default: human-readable.
+    /// How to log on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors, or `auto`: JSON when stdout is not a terminal, as in a pod. Default: auto.
+    #[arg(long, global = true, env = MODELCRYPT_LOG_FORMAT, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// Short for `--log-format json`.
     #[arg(long, global = true, env = MODELCRYPT_JSON_LOGS, value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
 
-    /// Log filter, e.g. `debug` or `modelcrypt=debug`. Default: `warn`, or `info` with
-    /// `--json-logs`.
+    /// Log filter, e.g. `debug` or `modelcrypt=debug`. Default: `warn` for text, `info` for
+    /// JSON.
     #[arg(long, global = true, env = MODELCRYPT_LOG, value_name = "FILTER")]
     pub log: Option<String>,
 
     /// Never draw progress bars. Default: bars when stderr is a terminal.
     #[arg(long, global = true, env = MODELCRYPT_NO_PROGRESS, value_parser = BoolishValueParser::new())]
     pub no_progress: bool,
+}
+
+impl GlobalArgs {
+    /// Whether logs (and errors) are JSON lines.
+    pub fn json(&self) -> bool {
+        match self.log_format {
+            _ if self.json_logs => true,
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::stdout().is_terminal(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +173,11 @@ pub struct PullArgs {
     /// layer cannot be slipped into an encrypted model.
     #[arg(long, env = MODELCRYPT_ALLOW_PLAIN_LAYERS, value_parser = BoolishValueParser::new())]
     pub allow_plain_layers: bool,
+    /// Keep the artifact's permission bits exactly. Default: files and directories readable
+    /// (and executables executable) by every user, writable only by the owner, so vLLM reads
+    /// the model whatever user it runs as, and cannot change it.
+    #[arg(long, env = MODELCRYPT_PRESERVE_MODES, value_parser = BoolishValueParser::new())]
+    pub preserve_modes: bool,
 }
 
 /// Keys that open encrypted layers.

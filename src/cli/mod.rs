@@ -18,7 +18,8 @@ use args::{Args, Command, GlobalArgs};
 pub fn run() -> ExitCode {
     no_core_dumps();
     let args = Args::parse();
-    init_logging(&args.global);
+    let json = args.global.json();
+    init_logging(&args.global, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,7 +39,11 @@ pub fn run() -> ExitCode {
     let code = match &result {
         Ok(()) => 0,
         Err(e) => {
-            render_error(e);
+            if json {
+                log_error(e);
+            } else {
+                render_error(e);
+            }
             e.exit_code()
         }
     };
@@ -68,8 +73,8 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             plain_http: g.plain_http,
             authfile: g.authfile.clone(),
         },
-        progress: !g.no_progress && !g.json_logs && std::io::stderr().is_terminal(),
-        json: g.json_logs,
+        progress: !g.no_progress && !g.json() && std::io::stderr().is_terminal(),
+        json: g.json(),
     };
     match args.command {
         Command::Pack(a) => cmd::pack::run(&ctx, a).await,
@@ -114,15 +119,15 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-fn init_logging(g: &GlobalArgs) {
+fn init_logging(g: &GlobalArgs, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if g.json_logs { "info" } else { "warn" };
+    let default = if json { "info" } else { "warn" };
     let filter = EnvFilter::try_new(g.log.as_deref().unwrap_or(default))
         .unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if g.json_logs {
+    if json {
         builder
             .json()
             .flatten_event(true)
@@ -137,20 +142,41 @@ fn init_logging(g: &GlobalArgs) {
 fn render_error(e: &Error) {
     let mut out = std::io::stderr().lock();
     let _ = writeln!(out, "error: {e}");
-    let mut cur = std::error::Error::source(e);
-    let mut last = e.to_string();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // `#[error(transparent)]` layers repeat their inner message; print it once.
-        if text != last {
-            let _ = writeln!(out, "  caused by: {text}");
-        }
-        last = text;
-        cur = s.source();
+    for cause in causes(e) {
+        let _ = writeln!(out, "  caused by: {cause}");
     }
     for hint in e.hints() {
         let _ = writeln!(out, "\nhint: {hint}");
     }
+}
+
+/// The same facts as one JSON event, so a log collector keeps the cause with the error.
+fn log_error(e: &Error) {
+    let causes = causes(e).join("; ");
+    let hints = e.hints().join(" ");
+    tracing::error!(
+        causes = (!causes.is_empty()).then_some(causes.as_str()),
+        hints = (!hints.is_empty()).then_some(hints.as_str()),
+        exit_code = e.exit_code(),
+        "{e}"
+    );
+}
+
+/// The messages of `e`'s sources, each once: `#[error(transparent)]` layers repeat their inner
+/// message.
+fn causes(e: &Error) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = std::error::Error::source(e);
+    let mut last = e.to_string();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if text != last {
+            out.push(text.clone());
+        }
+        last = text;
+        cur = s.source();
+    }
+    out
 }
 
 /// Bytes in decimal units (kB, MB, GB: powers of 10, as the benchmarks quote them).

@@ -169,10 +169,44 @@ pub struct FileAttrs {
     pub mtime: Option<SystemTime>,
 }
 
+/// How the artifact's permission bits become the destination's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Modes {
+    /// Everything readable by every user in the pod, writable by none but the owner: vLLM
+    /// usually runs as another user than the init container, and an `fsGroup` only helps if
+    /// the group bits allow reading. Owner bits are kept; execute bits are kept for all.
+    #[default]
+    Readable,
+    /// The artifact's bits as they are (setuid and setgid are refused either way; directories
+    /// stay owner-writable until the commit so extraction can continue).
+    Preserve,
+}
+
+impl Modes {
+    pub fn file(self, mode: u32) -> u32 {
+        let mode = mode & 0o777;
+        match self {
+            Modes::Preserve => mode,
+            Modes::Readable => {
+                let x = if mode & 0o111 != 0 { 0o111 } else { 0 };
+                (mode & 0o700) | 0o444 | x
+            }
+        }
+    }
+
+    pub fn dir(self, mode: u32) -> u32 {
+        match self {
+            Modes::Preserve => (mode & 0o777) | OWNER_RWX,
+            Modes::Readable => 0o755,
+        }
+    }
+}
+
 /// Writes entries under one root. Shared by the layers of one pull, which may run at once: it
 /// never replaces or deletes anything, so a check that passed stays true.
 pub struct Extractor {
     root: PathBuf,
+    modes: Modes,
     /// Directory modes are applied at the end, so a read-only directory from one entry cannot
     /// block the entries that follow it. Keyed by path: an archive may repeat a directory.
     dir_modes: Mutex<std::collections::HashMap<PathBuf, u32>>,
@@ -193,9 +227,10 @@ impl Written {
 }
 
 impl Extractor {
-    pub fn new(root: PathBuf) -> Extractor {
+    pub fn new(root: PathBuf, modes: Modes) -> Extractor {
         Extractor {
             root,
+            modes,
             dir_modes: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -298,7 +333,7 @@ impl Extractor {
             file.write_all(&buf[..filled]).map_err(werr)?;
             total += filled as u64;
         }
-        finish_file(&file, attrs).map_err(werr)?;
+        finish_file(&file, attrs, self.modes).map_err(werr)?;
         Ok(total)
     }
 
@@ -328,7 +363,7 @@ impl Extractor {
         self.dir_modes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path, (mode & 0o777) | OWNER_RWX);
+            .insert(path, self.modes.dir(mode));
         Ok(())
     }
 
@@ -407,8 +442,8 @@ fn check_mode(rel: &SafeRelPath, mode: u32) -> Result<(), ExtractError> {
     Ok(())
 }
 
-fn finish_file(file: &File, attrs: FileAttrs) -> io::Result<()> {
-    file.set_permissions(fs::Permissions::from_mode(attrs.mode & 0o777))?;
+fn finish_file(file: &File, attrs: FileAttrs, modes: Modes) -> io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(modes.file(attrs.mode)))?;
     if let Some(t) = attrs.mtime {
         file.set_modified(t)?;
     }
@@ -479,7 +514,7 @@ mod tests {
     fn files_are_never_written_through_symlinks_or_over_existing_paths() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let ex = Extractor::new(dir.path().to_path_buf());
+        let ex = Extractor::new(dir.path().to_path_buf(), Modes::Preserve);
         std::os::unix::fs::symlink(outside.path(), dir.path().join("d")).unwrap();
         let attrs = FileAttrs {
             mode: 0o644,

@@ -122,6 +122,8 @@ pub struct PullOptions {
     pub allow_plain_layers: bool,
     /// Fetches the KEK of every `kbs://` recipient (key broker or CDH).
     pub broker: Option<Arc<crate::kbs::Broker>>,
+    /// Permission bits at the destination. Default: readable by every user in the pod.
+    pub modes: crate::extract::Modes,
 }
 
 impl Default for PullOptions {
@@ -131,6 +133,7 @@ impl Default for PullOptions {
             keys: Keyring::default(),
             allow_plain_layers: false,
             broker: None,
+            modes: crate::extract::Modes::default(),
         }
     }
 }
@@ -212,7 +215,7 @@ pub async fn pull(
 
     staging.check_destination()?;
 
-    let extractor = Arc::new(Extractor::new(staging.root().to_path_buf()));
+    let extractor = Arc::new(Extractor::new(staging.root().to_path_buf(), opts.modes));
     // The manifest parser refused sizes that overflow this sum.
     let blob_bytes: u64 = manifest.layers.iter().map(|l| l.size).sum();
     reporter.on_pull_start(manifest.layers.len(), blob_bytes);

@@ -176,7 +176,8 @@ impl Cmd {
     }
 
     /// The binary under test, with every `MODELCRYPT_*` variable and `RUST_LOG` of the developer's
-    /// shell removed so that only what a test sets explicitly can influence the run.
+    /// shell removed so that only what a test sets explicitly can influence the run, and text
+    /// logs.
     pub fn modelcrypt() -> Cmd {
         let mut cmd = Cmd::new(modelcrypt_bin());
         cmd.shown = "modelcrypt".to_owned();
@@ -186,6 +187,12 @@ impl Cmd {
             }
         }
         cmd.command.env_remove("RUST_LOG");
+        // Output is piped, so the default would be JSON logs; tests read the human form unless
+        // they ask for JSON.
+        cmd.command.env("MODELCRYPT_LOG_FORMAT", "text");
+        // Most tests check that a pull reproduces the artifact's files, modes included; the
+        // default (readable by all) has its own test.
+        cmd.command.env("MODELCRYPT_PRESERVE_MODES", "1");
         cmd
     }
 

@@ -10,6 +10,7 @@ mod deploy;
 mod encrypted;
 mod harness;
 mod hostile;
+mod image;
 mod roundtrip;
 mod skopeo_crypt;
 mod static_binary;

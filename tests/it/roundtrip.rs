@@ -58,7 +58,11 @@ fn round_trip_through_a_registry(extra_pack_flags: &[&str]) {
     );
 
     let dest = tmp.path().join("out/tiny");
-    let out = pull(&reference, &dest, &["--plain-http", "--no-progress"]);
+    let out = pull(
+        &reference,
+        &dest,
+        &["--plain-http", "--no-progress", "--preserve-modes"],
+    );
     assert_success(&out);
 
     let expected = model_files(&model);
@@ -85,6 +89,30 @@ fn round_trip_through_a_registry(extra_pack_flags: &[&str]) {
     let again = pull(&reference, &dest, &["--plain-http", "--no-progress"]);
     assert_success(&again);
     assert!(again.stderr.contains("nothing to do"), "{again}");
+
+    // By default every user in the pod can read the model and only the owner can change it.
+    let readable = tmp.path().join("out/readable");
+    let out = crate::common::Cmd::modelcrypt()
+        .env_remove("MODELCRYPT_PRESERVE_MODES")
+        .args(["pull", &reference, "--plain-http", "--to"])
+        .arg(&readable)
+        .run();
+    assert_success(&out);
+    let got = model_files(&readable);
+    for (path, mode) in MODEL_FILES {
+        let want = match mode {
+            0o600 => 0o644,
+            0o644 => 0o644,
+            0o755 => 0o755,
+            other => panic!("the fixture grew a mode this test does not cover: {other:o}"),
+        };
+        assert_eq!(got[*path].mode, want, "{path} (artifact mode {mode:o})");
+        assert_eq!(got[*path].sha256, expected[*path].sha256, "{path}");
+    }
+    for dir in [&readable, &readable.join("scripts")] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{}", dir.display());
+    }
 }
 
 #[test]
@@ -367,6 +395,8 @@ fn block_weights_layer(layout: &Path) -> (PathBuf, Vec<u8>) {
 /// landed in the staging directory.
 fn start_blocked_pull(layout: &Path, dest: &Path) -> std::process::Child {
     let child = Command::new(modelcrypt_bin())
+        .env("MODELCRYPT_LOG_FORMAT", "text")
+        .env("MODELCRYPT_PRESERVE_MODES", "1")
         .args(["pull", &format!("oci:{}:v1", layout.display()), "--to"])
         .arg(dest)
         .args(["--no-progress", "--concurrency", "4"])
@@ -580,4 +610,55 @@ fn a_directory_named_like_staging_but_not_made_by_a_pull_is_not_deleted() {
         fs::read(squatter.join("important.txt")).unwrap(),
         b"keep me"
     );
+}
+
+/// Without a terminal (as in a pod), logs and errors are JSON lines by default.
+#[test]
+fn logs_and_errors_are_json_lines_when_stdout_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("m");
+    let missing = format!("oci:{}:v1", tmp.path().join("no-such-layout").display());
+    let out = crate::common::Cmd::modelcrypt()
+        .env_remove("MODELCRYPT_LOG_FORMAT")
+        .args(["pull", &missing, "--to"])
+        .arg(&dest)
+        .run();
+    assert!(!out.success(), "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("an error event");
+    assert_eq!(last["level"], "ERROR", "{out}");
+    assert!(
+        last["message"].as_str().unwrap().contains("no-such-layout"),
+        "{out}"
+    );
+    assert_eq!(last["exit_code"].as_u64(), out.code().map(|c| c as u64));
+    assert!(!dest.exists());
+
+    // The summary is an event too; `--log-format text` brings the human form back.
+    let demo = format!("oci:{}/demo/tiny-model.oci:v1", env!("CARGO_MANIFEST_DIR"));
+    let ok = crate::common::Cmd::modelcrypt()
+        .env_remove("MODELCRYPT_LOG_FORMAT")
+        .args(["pull", &demo, "--to"])
+        .arg(&dest)
+        .run();
+    assert_success(&ok);
+    let summary = ok
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "pulled")
+        .unwrap_or_else(|| panic!("no summary event: {ok}"));
+    assert_eq!(summary["level"], "INFO");
+    assert_eq!(summary["files"], 7, "{ok}");
+    let text = crate::common::Cmd::modelcrypt()
+        .args(["--log-format", "text", "pull", &demo, "--to"])
+        .arg(&dest)
+        .run();
+    assert_success(&text);
+    assert!(text.stderr.contains("nothing to do"), "{text}");
+    assert!(!text.stderr.trim_start().starts_with('{'), "{text}");
 }

@@ -10,7 +10,7 @@ use crate::common::{
 };
 
 /// Where `cargo build --release --target x86_64-unknown-linux-musl` puts the binary.
-fn static_binary() -> Option<PathBuf> {
+pub(crate) fn static_binary() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/x86_64-unknown-linux-musl/release/modelcrypt");
     if path.is_file() {
@@ -110,6 +110,7 @@ fn the_static_binary_pulls_an_encrypted_artifact_inside_an_empty_root() {
             "/models/tiny",
             "--kek",
             "/secrets/kek.bin",
+            "--preserve-modes",
         ])
         .run();
     assert_success(&out);

@@ -5,6 +5,7 @@ use crate::cli::reporter::Bars;
 use crate::cli::{mb, Context};
 use crate::error::Error;
 use crate::error::KeyFetch;
+use crate::extract::Modes;
 use std::path::Path;
 
 use crate::kbs::attester::{detect, Attester, Sample, Snp, Tdx, Tsm, TSM_ROOT};
@@ -37,6 +38,11 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         keys,
         broker,
         allow_plain_layers: a.allow_plain_layers,
+        modes: if a.preserve_modes {
+            Modes::Preserve
+        } else {
+            Modes::Readable
+        },
         concurrency: a.concurrency.into(),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
