@@ -174,47 +174,52 @@ pub enum Mismatch {
 }
 
 /// Proof that a whole blob was read and matched its descriptor. Only
-/// [`VerifyingReader::finish`] can mint one.
+/// [`BlobVerifier::finish`] can mint one.
 #[derive(Debug)]
 pub struct Verified {
     _private: (),
 }
 
-/// Reads a blob while hashing and counting it. It fails the read as soon as the stream runs past
-/// the expected size, so a hostile registry cannot feed an endless body; the digest is checked in
-/// [`finish`](Self::finish), which drains whatever the consumer left unread.
-pub struct VerifyingReader<R> {
-    inner: R,
+/// Checks a blob against its descriptor as its bytes are pushed in, in order, from whichever
+/// thread holds it: the pull pipeline hashes on a thread of its own.
+pub struct BlobVerifier {
     expected: Digest,
     expected_size: u64,
     hasher: Hasher,
     read: u64,
 }
 
-impl<R: Read> VerifyingReader<R> {
-    pub fn new(inner: R, expected: Digest, expected_size: u64) -> Self {
-        let hasher = expected.hasher();
-        VerifyingReader {
-            inner,
+impl BlobVerifier {
+    pub fn new(expected: Digest, expected_size: u64) -> BlobVerifier {
+        BlobVerifier {
+            hasher: expected.hasher(),
             expected,
             expected_size,
-            hasher,
             read: 0,
         }
     }
 
-    /// Bytes read so far.
+    /// Hashes `bytes`; fails as soon as the blob runs past its expected size, so a hostile
+    /// source cannot feed an endless body.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), Mismatch> {
+        self.hasher.update(bytes);
+        self.read += bytes.len() as u64;
+        if self.read > self.expected_size {
+            return Err(Mismatch::Size {
+                expected: self.expected_size,
+                actual: self.read,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes pushed so far.
     pub fn position(&self) -> u64 {
         self.read
     }
 
-    /// Drains the rest of the stream and checks size and digest.
-    pub fn finish(mut self) -> io::Result<Result<Verified, Mismatch>> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok(self.check())
-    }
-
-    fn check(self) -> Result<Verified, Mismatch> {
+    /// Checks size and digest of everything pushed.
+    pub fn finish(self) -> Result<Verified, Mismatch> {
         if self.read != self.expected_size {
             return Err(Mismatch::Size {
                 expected: self.expected_size,
@@ -232,20 +237,39 @@ impl<R: Read> VerifyingReader<R> {
     }
 }
 
+/// Reads a blob while hashing and counting it (a [`BlobVerifier`] on a reader). The digest is
+/// checked in [`finish`](Self::finish), which drains whatever the consumer left unread.
+pub struct VerifyingReader<R> {
+    inner: R,
+    verifier: BlobVerifier,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest, expected_size: u64) -> Self {
+        VerifyingReader {
+            inner,
+            verifier: BlobVerifier::new(expected, expected_size),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> u64 {
+        self.verifier.position()
+    }
+
+    /// Drains the rest of the stream and checks size and digest.
+    pub fn finish(mut self) -> io::Result<Result<Verified, Mismatch>> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok(self.verifier.finish())
+    }
+}
+
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        if self.read > self.expected_size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                Mismatch::Size {
-                    expected: self.expected_size,
-                    actual: self.read,
-                },
-            ));
-        }
+        self.verifier
+            .update(&buf[..n])
+            .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
         Ok(n)
     }
 }

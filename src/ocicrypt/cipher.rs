@@ -100,16 +100,72 @@ fn crypto_failure() -> io::Error {
 #[error("HMAC mismatch: the ciphertext is not what was encrypted (tampered, or a wrong key)")]
 pub struct HmacMismatch;
 
-/// Proof that a layer's HMAC matched; only [`DecryptingReader::finish`] mints one.
+/// Proof that a layer's HMAC matched; only [`HmacVerifier::finish`] mints one.
 #[derive(Debug)]
 pub struct HmacVerified(());
+
+/// HMAC-SHA256 over a layer's ciphertext, pushed in order, checked in constant time at the end.
+pub struct HmacVerifier {
+    mac: hmac::Context,
+    expected: [u8; HMAC_LEN],
+}
+
+impl HmacVerifier {
+    pub fn new(key: &LayerKey, expected_hmac: &[u8]) -> Result<HmacVerifier, CipherError> {
+        let expected: [u8; HMAC_LEN] = expected_hmac
+            .try_into()
+            .map_err(|_| CipherError::HmacLength(expected_hmac.len()))?;
+        Ok(HmacVerifier {
+            mac: hmac::Context::with_key(&key.hmac_key()),
+            expected,
+        })
+    }
+
+    pub fn update(&mut self, ciphertext: &[u8]) {
+        self.mac.update(ciphertext);
+    }
+
+    pub fn finish(self) -> Result<HmacVerified, HmacMismatch> {
+        let tag = self.mac.sign();
+        match verify_slices_are_equal(tag.as_ref(), &self.expected) {
+            Ok(()) => Ok(HmacVerified(())),
+            Err(_) => Err(HmacMismatch),
+        }
+    }
+}
+
+/// AES-256-CTR keystream applied to consecutive pieces of one layer.
+pub struct CtrDecryptor {
+    cipher: StreamingDecryptingKey,
+}
+
+impl CtrDecryptor {
+    pub fn new(key: &LayerKey) -> io::Result<CtrDecryptor> {
+        let ctx = DecryptionContext::Iv128(FixedLength::from(*key.nonce()));
+        let cipher =
+            StreamingDecryptingKey::ctr(key.cipher_key()?, ctx).map_err(|_| crypto_failure())?;
+        Ok(CtrDecryptor { cipher })
+    }
+
+    /// Decrypts `input` into the front of `out`, which must be at least 16 bytes longer (aws-lc
+    /// wants a block of slack, though CTR writes exactly `input.len()` bytes).
+    pub fn apply(&mut self, input: &[u8], out: &mut [u8]) -> io::Result<()> {
+        let update = self
+            .cipher
+            .less_safe_update(input, out)
+            .map_err(|_| crypto_failure())?;
+        if update.written().len() != input.len() {
+            return Err(crypto_failure());
+        }
+        Ok(())
+    }
+}
 
 /// Decrypts a ciphertext stream while computing its HMAC.
 pub struct DecryptingReader<R> {
     inner: R,
-    cipher: StreamingDecryptingKey,
-    mac: hmac::Context,
-    expected: [u8; HMAC_LEN],
+    cipher: CtrDecryptor,
+    mac: HmacVerifier,
     ciphertext: Vec<u8>,
     plain: Zeroizing<Vec<u8>>,
     plain_pos: usize,
@@ -118,20 +174,12 @@ pub struct DecryptingReader<R> {
 
 impl<R: Read> DecryptingReader<R> {
     pub fn new(inner: R, key: &LayerKey, expected_hmac: &[u8]) -> io::Result<Self> {
-        let expected: [u8; HMAC_LEN] = expected_hmac.try_into().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                CipherError::HmacLength(expected_hmac.len()),
-            )
-        })?;
-        let ctx = DecryptionContext::Iv128(FixedLength::from(*key.nonce()));
-        let cipher =
-            StreamingDecryptingKey::ctr(key.cipher_key()?, ctx).map_err(|_| crypto_failure())?;
+        let mac = HmacVerifier::new(key, expected_hmac)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(DecryptingReader {
             inner,
-            cipher,
-            mac: hmac::Context::with_key(&key.hmac_key()),
-            expected,
+            cipher: CtrDecryptor::new(key)?,
+            mac,
             ciphertext: vec![0; CHUNK],
             plain: Zeroizing::new(vec![0; CHUNK + 16]),
             plain_pos: 0,
@@ -142,13 +190,7 @@ impl<R: Read> DecryptingReader<R> {
     /// Drains the rest of the stream and checks the HMAC.
     pub fn finish(mut self) -> io::Result<Result<HmacVerified, HmacMismatch>> {
         io::copy(&mut self, &mut io::sink())?;
-        let tag = self.mac.sign();
-        Ok(
-            match verify_slices_are_equal(tag.as_ref(), &self.expected) {
-                Ok(()) => Ok(HmacVerified(())),
-                Err(_) => Err(HmacMismatch),
-            },
-        )
+        Ok(self.mac.finish())
     }
 }
 
@@ -163,14 +205,7 @@ impl<R: Read> Read for DecryptingReader<R> {
                 return Ok(0);
             }
             self.mac.update(&self.ciphertext[..n]);
-            let update = self
-                .cipher
-                .less_safe_update(&self.ciphertext[..n], &mut self.plain)
-                .map_err(|_| crypto_failure())?;
-            // CTR is a stream mode: every input byte yields one output byte at once.
-            if update.written().len() != n {
-                return Err(crypto_failure());
-            }
+            self.cipher.apply(&self.ciphertext[..n], &mut self.plain)?;
             self.plain_pos = 0;
             self.plain_len = n;
         }

@@ -1,26 +1,32 @@
-//! One layer's adaptor stack, run on a blocking thread:
+//! One layer's plan (checked before any byte is fetched) and its consumer stack, run on a
+//! blocking thread (see [`super::stream`] for the stages around it):
 //!
 //! ```text
-//! network ─▶ cancel/progress ─▶ VerifyingReader (size, digest) ─▶ [decrypt] ─▶ [gunzip|unzstd]
-//!         ─▶ raw file | untar ─▶ staging
+//! chunks ─▶ [decrypt] ─▶ [gunzip|unzstd] ─▶ raw file | untar ─▶ staging
+//!    └─▶ digest thread, HMAC thread
 //! ```
 //!
-//! The verifier is drained to the end after extraction, so trailing bytes a tar reader or
+//! The stream is drained to the end after extraction, so trailing bytes a tar reader or
 //! decompressor never asked for are still hashed.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::digest::{Verified, VerifyingReader};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::stream::{ChunkReader, QUEUE};
+use crate::digest::{BlobVerifier, Verified};
 use crate::extract::{self, ExtractError, Extractor, FileAttrs, SafeRelPath, Written};
 use crate::manifest::Descriptor;
 use crate::modelpack::{Compression, FileMetadata, LayerFormat, Packing};
-use crate::ocicrypt::cipher::{DecryptingReader, HmacVerified};
+use crate::ocicrypt::cipher::{CtrDecryptor, HmacVerified, HmacVerifier};
 use crate::ocicrypt::{self, Keyring, LayerDecryption};
 
-use super::{LayerError, Reporter};
+use super::LayerError;
 
 /// What to do with one layer, decided (and checked) before any byte is fetched.
 #[derive(Clone, Debug)]
@@ -118,30 +124,10 @@ fn raw_attrs(meta: Option<&FileMetadata>, blob_size: u64) -> Result<FileAttrs, L
     })
 }
 
-/// The error a [`Tap`] returns once the pull was cancelled.
+/// The error a layer's reader returns once the pull was cancelled.
 #[derive(Debug, thiserror::Error)]
 #[error("cancelled because another layer failed")]
 pub struct Cancelled;
-
-/// Counts bytes for the progress display and stops promptly when another layer failed.
-pub struct Tap<R> {
-    pub inner: R,
-    pub reporter: Arc<dyn Reporter>,
-    pub id: usize,
-    pub cancelled: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for Tap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancelled.load(Ordering::Relaxed) {
-            // Not `Interrupted`: readers retry that kind forever.
-            return Err(io::Error::other(Cancelled));
-        }
-        let n = self.inner.read(buf)?;
-        self.reporter.on_layer_progress(self.id, n as u64);
-        Ok(n)
-    }
-}
 
 /// What a layer proved: its digest, and its HMAC if it was encrypted.
 #[derive(Debug)]
@@ -150,44 +136,87 @@ pub struct LayerProof {
     pub hmac: Option<HmacVerified>,
 }
 
-/// Runs the whole stack for one layer. On success the blob verified (digest, and HMAC when
-/// encrypted) and its files are in the staging directory.
-pub fn run<R: Read>(
+/// Runs the whole stack for one layer on the calling (blocking) thread, with the hashes on
+/// threads of their own. On success the blob verified (digest, and HMAC when encrypted) and its
+/// files are in the staging directory.
+pub fn run(
     plan: &LayerPlan,
-    source: R,
+    chunks: mpsc::Receiver<Bytes>,
     ex: &Extractor,
+    cancelled: Arc<AtomicBool>,
 ) -> Result<(Written, LayerProof), LayerError> {
-    let mut verifier = VerifyingReader::new(source, plan.desc.digest.clone(), plan.desc.size);
-    let mut buf = Vec::new();
-    let (extracted, hmac) = match &plan.decrypt {
-        None => (unpack(plan, &mut verifier, ex, &mut buf), None),
-        Some(d) => {
-            let mut plain = DecryptingReader::new(&mut verifier, &d.key, &d.hmac)
-                .map_err(LayerError::Source)?;
-            let extracted = unpack(plan, &mut plain, ex, &mut buf);
-            // Always drain and check: tampered ciphertext decrypts to garbage the extractor
-            // may refuse first, and the HMAC failure is the truthful error.
-            (extracted, Some(plain.finish()))
-        }
-    };
-    let extracted = match extracted {
-        Err(e) if !e.is_stream_error() && hmac.is_none() => return Err(LayerError::Extract(e)),
-        other => other,
-    };
-    // Precedence: a wrong blob (digest), then a wrong ciphertext (HMAC), then the stream.
-    let digest = verifier
-        .finish()
-        .map_err(LayerError::Source)?
-        .map_err(LayerError::Mismatch)?;
-    let hmac = match hmac {
-        None => None,
-        Some(r) => Some(
-            r.map_err(LayerError::Source)?
-                .map_err(|_| LayerError::Hmac)?,
+    let mut verifier = BlobVerifier::new(plan.desc.digest.clone(), plan.desc.size);
+    let (mac, cipher) = match &plan.decrypt {
+        None => (None, None),
+        Some(d) => (
+            Some(
+                HmacVerifier::new(&d.key, &d.hmac)
+                    .map_err(|e| LayerError::Source(io::Error::other(e)))?,
+            ),
+            Some(CtrDecryptor::new(&d.key).map_err(LayerError::Source)?),
         ),
     };
-    let written = extracted.map_err(LayerError::Extract)?;
-    Ok((written, LayerProof { digest, hmac }))
+    std::thread::scope(|s| {
+        let (digest_tx, digest_rx) = sync_channel::<Bytes>(QUEUE);
+        let digest = s.spawn(move || {
+            for chunk in digest_rx {
+                verifier.update(&chunk)?;
+            }
+            verifier.finish()
+        });
+        let mut hashers = vec![digest_tx];
+        let hmac = mac.map(|mut mac| {
+            let (tx, rx) = sync_channel::<Bytes>(QUEUE);
+            hashers.push(tx);
+            s.spawn(move || {
+                for chunk in rx {
+                    mac.update(&chunk);
+                }
+                mac.finish()
+            })
+        });
+        let encrypted = hmac.is_some();
+        let mut source = ChunkReader::new(chunks, hashers, cipher, cancelled);
+        let mut buf = Vec::new();
+        let extracted = unpack(plan, &mut source, ex, &mut buf);
+        let extracted = match extracted {
+            // A plain layer's hostile content is the error, whatever its digest.
+            Err(e) if !e.is_stream_error() && !encrypted => Err(e),
+            // Always drain and check: tampered ciphertext decrypts to garbage the extractor may
+            // refuse first, and the HMAC failure is the truthful error.
+            other => match source.drain() {
+                Ok(()) => other,
+                Err(e) => Err(ExtractError::Read(e)),
+            },
+        };
+        drop(source);
+        let digest = digest.join().map_err(|_| LayerError::Panicked)?;
+        let hmac = hmac
+            .map(|t| t.join().map_err(|_| LayerError::Panicked))
+            .transpose()?;
+        if let Err(e) = extracted.as_ref() {
+            if !e.is_stream_error() && !encrypted {
+                return Err(LayerError::Extract(extracted.unwrap_err()));
+            }
+            if is_cancelled(e) {
+                return Err(LayerError::Cancelled);
+            }
+        }
+        // Precedence: a wrong blob (digest), then a wrong ciphertext (HMAC), then the stream.
+        let digest = digest.map_err(LayerError::Mismatch)?;
+        let hmac = hmac.map(|r| r.map_err(|_| LayerError::Hmac)).transpose()?;
+        let written = extracted.map_err(LayerError::Extract)?;
+        Ok((written, LayerProof { digest, hmac }))
+    })
+}
+
+fn is_cancelled(e: &ExtractError) -> bool {
+    match e {
+        ExtractError::Read(io) | ExtractError::Tar(io) => {
+            io.get_ref().is_some_and(|e| e.is::<Cancelled>())
+        }
+        _ => false,
+    }
 }
 
 fn unpack(

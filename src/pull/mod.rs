@@ -3,6 +3,7 @@
 //! when every one of them verified (architecture.md, "The hot path").
 
 pub mod layer;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
 use crate::digest::{Digest, Mismatch};
@@ -50,6 +50,16 @@ pub enum LayerError {
     Source(#[source] std::io::Error),
     #[error(transparent)]
     Fetch(StoreError),
+    #[error(
+        "the transfer stopped at {received} of {size} bytes after {attempts} attempts; \
+         last error: {last}"
+    )]
+    Interrupted {
+        received: u64,
+        size: u64,
+        attempts: u32,
+        last: String,
+    },
     #[error("the layer's worker thread panicked")]
     Panicked,
     #[error("cancelled because another layer failed")]
@@ -332,7 +342,7 @@ async fn fetch_all(
     Ok((total, proofs))
 }
 
-/// Opens one layer's blob and runs its adaptor stack on a blocking thread.
+/// Fetches one layer (async, resuming) while a blocking thread verifies and unpacks it.
 async fn fetch_one(
     store: &Store,
     plan: LayerPlan,
@@ -346,20 +356,23 @@ async fn fetch_one(
     }
     let span = tracing::info_span!("layer", digest = %plan.desc.digest);
     let result = async {
-        let source = store.blob(&plan.desc, 0).await.map_err(LayerError::Fetch)?;
         let size = plan.desc.size;
+        let desc = plan.desc.clone();
         let id = reporter.on_layer_start(&plan.name(), size);
-        let tap = layer::Tap {
-            inner: SyncIoBridge::new(source),
-            reporter: reporter.clone(),
-            id,
-            cancelled,
+        let (tx, rx) = tokio::sync::mpsc::channel(stream::QUEUE);
+        let consumer_cancel = cancelled.clone();
+        let consumer =
+            tokio::task::spawn_blocking(move || layer::run(&plan, rx, &ex, consumer_cancel));
+        let progress = |n: u64| reporter.on_layer_progress(id, n);
+        let fetched = stream::fetch(store, &desc, tx, &progress, &cancelled).await;
+        let consumed = consumer.await.unwrap_or(Err(LayerError::Panicked));
+        // A transfer that gave up explains the short stream the consumer saw.
+        let (result, stats) = match (fetched, consumed) {
+            (Err(e), _) => return Err(e),
+            (Ok(stats), consumed) => (consumed?, stats),
         };
-        let result = tokio::task::spawn_blocking(move || layer::run(&plan, tap, &ex))
-            .await
-            .unwrap_or(Err(LayerError::Panicked))?;
         reporter.on_layer_done(id);
-        tracing::debug!(bytes = size, "layer verified");
+        tracing::debug!(bytes = size, resumes = stats.resumes, "layer verified");
         Ok(result)
     }
     .instrument(span)

@@ -11,6 +11,7 @@ mod encrypted;
 mod harness;
 mod hostile;
 mod image;
+mod resume;
 mod roundtrip;
 mod skopeo_crypt;
 mod static_binary;

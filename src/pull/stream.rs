@@ -1,0 +1,263 @@
+//! A layer's bytes in flight, in three stages that run at once:
+//!
+//! ```text
+//! fetch (async) ──chunks──▶ consumer thread: [decrypt] ─▶ unpack ─▶ staging
+//!   │ resumes with Range         │ fans each chunk out, without copying, to
+//!   │ after a dropped connection ├─▶ digest thread (SHA-256 of the blob)
+//!                                └─▶ HMAC thread (ocicrypt, encrypted layers)
+//! ```
+//!
+//! One core hashes about as fast as a loopback registry sends, so the two hashes of an
+//! encrypted layer get a core each. Queues are short and chunks are shared (`Bytes`), so a layer
+//! holds a few MiB whatever its size.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::manifest::Descriptor;
+use crate::ocicrypt::cipher::CtrDecryptor;
+use crate::store::{Store, StoreError};
+
+use super::layer::Cancelled;
+use super::LayerError;
+
+/// Bytes per chunk: large writes and few channel hand-offs, small enough to bound memory.
+pub const CHUNK: usize = 1 << 20;
+/// Chunks a stage may run ahead of the next one.
+pub const QUEUE: usize = 3;
+/// Attempts in a row that may fail without receiving a byte before a layer gives up.
+pub const MAX_FAILURES: u32 = 5;
+/// Resumes per layer in all, so a registry that sends a few bytes per connection ends too.
+pub const MAX_RESUMES: u32 = 50;
+
+/// How a blob's transfer went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FetchStats {
+    /// Times the transfer continued from the last byte received after a failure.
+    pub resumes: u32,
+}
+
+/// Streams `desc`'s blob into `tx` in [`CHUNK`]s. When the connection drops or the body ends
+/// early, asks again from the last byte received (the hashes downstream carry on), backing
+/// off, and gives up after [`MAX_FAILURES`] attempts in a row without progress. Returns early
+/// and without error if the consumer hung up: it reports why.
+pub async fn fetch(
+    store: &Store,
+    desc: &Descriptor,
+    tx: mpsc::Sender<Bytes>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+    cancelled: &AtomicBool,
+) -> Result<FetchStats, LayerError> {
+    let size = desc.size;
+    let mut received: u64 = 0;
+    let mut failures: u32 = 0;
+    let mut stats = FetchStats::default();
+    // Only a network transfer is worth resuming: a local file that ends early or fails to read
+    // will do the same again.
+    let remote = matches!(store, Store::Registry(_));
+    loop {
+        let failure = match store.blob(desc, received).await {
+            Err(e) if !retryable(&e) => return Err(LayerError::Fetch(e)),
+            Err(e) => chain(&e),
+            Ok(mut reader) => {
+                let mut failure = None;
+                while failure.is_none() {
+                    if cancelled.load(Ordering::Relaxed) {
+                        return Err(LayerError::Cancelled);
+                    }
+                    let mut buf = BytesMut::with_capacity(CHUNK);
+                    let mut eof = false;
+                    while buf.len() < CHUNK {
+                        match reader.read_buf(&mut buf).await {
+                            Ok(0) => {
+                                eof = true;
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(e) if !remote => return Err(LayerError::Source(e)),
+                            Err(e) => {
+                                failure = Some(chain(&e));
+                                break;
+                            }
+                        }
+                    }
+                    if !buf.is_empty() {
+                        failures = 0;
+                        received += buf.len() as u64;
+                        progress(buf.len() as u64);
+                        if tx.send(buf.freeze()).await.is_err() {
+                            return Ok(stats);
+                        }
+                        // Past the end: the digest stage reports the oversized blob.
+                        if received > size {
+                            return Ok(stats);
+                        }
+                    }
+                    if eof && failure.is_none() {
+                        // A short local blob is the digest stage's to report.
+                        if received >= size || !remote {
+                            return Ok(stats);
+                        }
+                        failure = Some(format!(
+                            "the connection closed after {received} of {size} bytes"
+                        ));
+                    }
+                }
+                failure.unwrap_or_default()
+            }
+        };
+        failures += 1;
+        if failures > MAX_FAILURES || stats.resumes >= MAX_RESUMES {
+            return Err(LayerError::Interrupted {
+                received,
+                size,
+                attempts: stats.resumes + 1,
+                last: failure,
+            });
+        }
+        stats.resumes += 1;
+        let backoff = Duration::from_millis(100 << failures.min(5));
+        tracing::warn!(
+            digest = %desc.digest,
+            received,
+            size,
+            attempt = stats.resumes,
+            error = %failure,
+            "blob transfer interrupted; resuming from the last byte received"
+        );
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// An error and its causes on one line: the outermost message alone often hides the reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Failures worth another request: the network, a timeout, a registry restarting or busy.
+/// Not: a missing blob, refused credentials, a local file that is not there.
+fn retryable(e: &StoreError) -> bool {
+    use crate::registry::RegistryError;
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        StoreError::Registry(RegistryError::Pull { source, .. }) => match source {
+            E::RequestError(_) | E::IoError(_) => true,
+            E::ServerError { code, .. } => *code >= 500 || *code == 429,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The consumer's end: reads the layer's bytes in order, decrypted when the layer is
+/// encrypted, after handing each ciphertext chunk to the hash threads.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<Bytes>,
+    hashers: Vec<SyncSender<Bytes>>,
+    decrypt: Option<Decrypt>,
+    cancelled: std::sync::Arc<AtomicBool>,
+    /// The chunk being read, as received (plain layers).
+    current: Bytes,
+    pos: usize,
+    len: usize,
+}
+
+struct Decrypt {
+    cipher: CtrDecryptor,
+    plain: Zeroizing<Vec<u8>>,
+}
+
+impl ChunkReader {
+    pub fn new(
+        rx: mpsc::Receiver<Bytes>,
+        hashers: Vec<SyncSender<Bytes>>,
+        decrypt: Option<CtrDecryptor>,
+        cancelled: std::sync::Arc<AtomicBool>,
+    ) -> ChunkReader {
+        ChunkReader {
+            rx,
+            hashers,
+            decrypt: decrypt.map(|cipher| Decrypt {
+                cipher,
+                plain: Zeroizing::new(Vec::new()),
+            }),
+            cancelled,
+            current: Bytes::new(),
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    /// The next chunk, already handed to the hash threads; `None` at the end of the stream.
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind forever.
+            return Err(io::Error::other(Cancelled));
+        }
+        let Some(chunk) = self.rx.blocking_recv() else {
+            return Ok(None);
+        };
+        for h in &self.hashers {
+            // A hash thread that stopped has its verdict ready; nothing to send it.
+            let _ = h.send(chunk.clone());
+        }
+        Ok(Some(chunk))
+    }
+
+    /// Hashes whatever the consumer left unread (bytes after a tar's end, a gzip trailer), so
+    /// the verdicts cover the whole blob.
+    pub fn drain(&mut self) -> io::Result<()> {
+        while self.next_chunk()?.is_some() {}
+        self.pos = self.len;
+        Ok(())
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.pos == self.len {
+            let Some(chunk) = self.next_chunk()? else {
+                return Ok(0);
+            };
+            self.pos = 0;
+            self.len = chunk.len();
+            match &mut self.decrypt {
+                None => self.current = chunk,
+                Some(d) => {
+                    if d.plain.len() < chunk.len() + 16 {
+                        d.plain.resize(chunk.len() + 16, 0);
+                    }
+                    d.cipher.apply(&chunk, &mut d.plain)?;
+                }
+            }
+        }
+        let src = match &self.decrypt {
+            None => &self.current[self.pos..self.len],
+            Some(d) => &d.plain[self.pos..self.len],
+        };
+        let n = out.len().min(src.len());
+        out[..n].copy_from_slice(&src[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
