@@ -128,6 +128,11 @@ impl Error {
             Error::Pull(PullError::Staging(StagingError::MountPoint { .. })) => hints.push(
                 "point `--to` at a directory inside the volume, such as `/models/qwen`, not at the mount point itself".into(),
             ),
+            Error::Pull(PullError::NoSpace { .. }) => hints.push(
+                "raise the volume's size (an `emptyDir` with `medium: Memory` takes `sizeLimit`, and the \
+                 pod's memory limit must cover it too), or remove what else is on it; nothing was fetched"
+                    .into(),
+            ),
             Error::Pull(PullError::Staging(StagingError::Foreign { .. })) => {
                 hints.push("remove it, or choose another `--to` directory".into())
             }

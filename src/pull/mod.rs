@@ -89,6 +89,16 @@ pub enum PullError {
     },
     #[error("the key broker's resource `{kid}` is {len} bytes; a KEK is 32")]
     KekLength { kid: String, len: usize },
+    #[error(
+        "`{dir}` has {} free, and the model needs at least {} ({needed} bytes)",
+        crate::cli::mb(*available),
+        crate::cli::mb(*needed)
+    )]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     #[error("internal error: not every one of the {layers} layers ({encrypted} encrypted) has its proofs")]
     Unverified { layers: usize, encrypted: usize },
 }
@@ -224,6 +234,7 @@ pub async fn pull(
         .collect::<Result<Vec<_>, _>>()?;
 
     staging.check_destination()?;
+    check_space(staging.root(), &plans)?;
 
     let extractor = Arc::new(Extractor::new(staging.root().to_path_buf(), opts.modes));
     // The manifest parser refused sizes that overflow this sum.
@@ -263,6 +274,33 @@ pub async fn pull(
         elapsed: started.elapsed(),
         up_to_date: false,
     })
+}
+
+/// Refuses, before fetching anything, a model that cannot fit: a full tmpfs found halfway
+/// through costs the whole transfer. Raw and uncompressed tar layers unpack to about their
+/// size; a compressed layer to at least its size.
+fn check_space(staging: &Path, plans: &[LayerPlan]) -> Result<(), PullError> {
+    // Tar headers and padding: a few KiB per layer that do not land on disk.
+    const TAR_OVERHEAD: u64 = 8 * 1024;
+    let needed: u64 = plans
+        .iter()
+        .map(|p| match p.target {
+            layer::Target::Raw(..) => p.desc.size,
+            layer::Target::Tar(_) => p.desc.size.saturating_sub(TAR_OVERHEAD),
+        })
+        .sum();
+    let Ok(fs) = rustix::fs::statvfs(staging) else {
+        return Ok(()); // not knowing is no reason to refuse; a real ENOSPC is still caught
+    };
+    let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if needed > available {
+        return Err(PullError::NoSpace {
+            dir: staging.parent().unwrap_or(staging).to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 /// Asks the broker for the KEK of every `kbs://` recipient in the manifest, once per kid.

@@ -100,12 +100,15 @@ impl CuttingProxy {
     }
 }
 
+/// The proxy's side of [`Cut::OnceAfterHandshake`]: announce the cut, wait for the go-ahead.
+type Handshake = (Sender<()>, Arc<Mutex<Receiver<()>>>);
+
 struct Conn {
     served: Arc<AtomicU64>,
     cuts: Arc<AtomicU32>,
     ranges: Arc<Mutex<Vec<String>>>,
     budget: Arc<AtomicU32>,
-    handshake: Option<(Sender<()>, Arc<Mutex<Receiver<()>>>)>,
+    handshake: Option<Handshake>,
 }
 
 impl Conn {

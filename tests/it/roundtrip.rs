@@ -662,3 +662,46 @@ fn logs_and_errors_are_json_lines_when_stdout_is_not_a_terminal() {
     assert!(text.stderr.contains("nothing to do"), "{text}");
     assert!(!text.stderr.trim_start().starts_with('{'), "{text}");
 }
+
+/// A volume too small for the model is refused before anything is fetched, with the size
+/// needed in the message.
+#[test]
+fn a_volume_too_small_is_refused_up_front_with_the_size_needed() {
+    if !rustix::process::geteuid().is_root() {
+        println!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let volume = tmp.path().join("volume");
+    fs::create_dir(&volume).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40k", "tmpfs"])
+        .arg(&volume)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(volume.clone());
+
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let needed: u64 = model_files(&demo.join("tiny-model"))
+        .values()
+        .map(|f| f.size)
+        .sum();
+    let out = pull(
+        &format!("oci:{}:v1", demo.join("tiny-model.oci").display()),
+        &volume.join("m"),
+        &[],
+    );
+    assert_failure_contains(
+        &out,
+        &["the model needs at least", &format!("({needed} bytes)")],
+    );
+    assert!(out.stderr.contains("nothing was fetched"), "{out}");
+    assert_eq!(dir_names(&volume), Vec::<String>::new(), "nothing left");
+}
