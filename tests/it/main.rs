@@ -8,6 +8,7 @@ mod common;
 mod broker;
 mod deploy;
 mod encrypted;
+mod faults;
 mod harness;
 mod hostile;
 mod image;
