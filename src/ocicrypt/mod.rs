@@ -322,12 +322,22 @@ pub fn layer_decryption(
                 s if s.starts_with("provider.") => match AnnotationPacket::parse(&raw) {
                     Ok(packet) => {
                         present.push(format!("`{}` (KEK)", packet.kid));
+                        let mut refused = 0;
                         for kek in &keys.keks {
                             match packet.unwrap(kek) {
                                 Ok(opts) => return finish(&opts, hmac),
-                                Err(ProviderError::Unwrap { .. }) => {}
+                                Err(ProviderError::Unwrap { .. }) => refused += 1,
                                 Err(e) => failures.push(e.to_string()),
                             }
+                        }
+                        // Said once per packet, not once per KEK: with the recipient's kid
+                        // right there, "no key fits" alone reads as "wrong recipient".
+                        if refused > 0 {
+                            failures.push(format!(
+                                "{refused} KEK(s) tried on the AnnotationPacket for `{}`; none \
+                                 opens it (a wrong KEK, or a tampered packet)",
+                                packet.kid
+                            ));
                         }
                     }
                     Err(e) => {
@@ -577,6 +587,22 @@ mod tests {
             err.contains("kbs:///default/key/1") && err.contains("1 KEK"),
             "{err}"
         );
+        // A KEK that does not open the packet is named as such, once per packet.
+        assert!(
+            err.contains("none opens it (a wrong KEK, or a tampered packet)"),
+            "{err}"
+        );
+        let two_wrong = Keyring {
+            private_keys: vec![],
+            keks: vec![Kek::generate().unwrap(), Kek::generate().unwrap()],
+        };
+        let err = layer_decryption(&enc, &two_wrong).unwrap_err().to_string();
+        assert_eq!(err.matches("none opens it").count(), 1, "{err}");
+        assert!(err.contains("2 KEK(s) tried"), "{err}");
+        // Without any KEK there is nothing to report about the packet.
+        let none = Keyring::default();
+        let err = layer_decryption(&enc, &none).unwrap_err().to_string();
+        assert!(!err.contains("none opens it"), "{err}");
 
         let back = decrypted_descriptor(&enc, plain.digest.clone());
         assert_eq!(back, plain);

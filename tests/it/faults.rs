@@ -296,8 +296,9 @@ fn a_tmpfs_that_fills_up_during_the_pull_fails_as_device_full_and_frees_every_by
 
     let pull = Background::spawn(&format!("oci:{}:v1", layout.display()), &dest, &[]);
     let staging = parent.join(".tiny.modelcrypt-staging");
+    // Written, not just created: its 2 bytes must not be what meets the full device.
     wait_until("the pull to stage config.json", || {
-        staging.join("config.json").exists()
+        fs::metadata(staging.join("config.json")).is_ok_and(|m| m.len() == 2)
     });
     // Fill the tmpfs to the last byte.
     let filler = fs.path().join("filler");
