@@ -116,6 +116,22 @@ impl Store {
         })
     }
 
+    /// [`Store::blob`] as a stream of pieces: a registry's as received, a file's in `chunk`-byte
+    /// reads.
+    pub async fn blob_chunks(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<crate::registry::BlobStream, StoreError> {
+        Ok(match self {
+            Store::Registry(r) => r.blob_chunks(desc, offset).await?,
+            Store::Layout(_) | Store::Dir(_) => Box::pin(
+                tokio_util::io::ReaderStream::with_capacity(self.blob(desc, offset).await?, chunk),
+            ),
+        })
+    }
+
     /// Reads a small blob (a config) whole, verified, refusing anything over `limit` bytes.
     pub async fn small_blob(
         &self,

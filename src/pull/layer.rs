@@ -158,23 +158,30 @@ pub fn run(
     };
     std::thread::scope(|s| {
         let (digest_tx, digest_rx) = sync_channel::<Bytes>(QUEUE);
-        let digest = s.spawn(move || {
-            for chunk in digest_rx {
-                verifier.update(&chunk)?;
-            }
-            verifier.finish()
-        });
+        // Named threads, so profiles and `top -H` show which stage is busy.
+        let digest = std::thread::Builder::new()
+            .name("mc-digest".into())
+            .spawn_scoped(s, move || {
+                for chunk in digest_rx {
+                    verifier.update(&chunk)?;
+                }
+                verifier.finish()
+            })
+            .map_err(LayerError::Source)?;
         let mut hashers = vec![digest_tx];
         let hmac = mac.map(|mut mac| {
             let (tx, rx) = sync_channel::<Bytes>(QUEUE);
             hashers.push(tx);
-            s.spawn(move || {
-                for chunk in rx {
-                    mac.update(&chunk);
-                }
-                mac.finish()
-            })
+            std::thread::Builder::new()
+                .name("mc-hmac".into())
+                .spawn_scoped(s, move || {
+                    for chunk in rx {
+                        mac.update(&chunk);
+                    }
+                    mac.finish()
+                })
         });
+        let hmac = hmac.transpose().map_err(LayerError::Source)?;
         let encrypted = hmac.is_some();
         let mut source = ChunkReader::new(chunks, hashers, cipher, cancelled);
         let mut buf = Vec::new();

@@ -134,7 +134,8 @@ impl Reporter for NoopReporter {
 
 #[derive(Debug)]
 pub struct PullOptions {
-    /// Layers fetched at once. Default: 4.
+    /// Large layers fetched at once, and small layers beside them. Default:
+    /// [`default_concurrency`].
     pub concurrency: usize,
     /// Keys for encrypted layers.
     pub keys: Keyring,
@@ -149,7 +150,7 @@ pub struct PullOptions {
 impl Default for PullOptions {
     fn default() -> Self {
         PullOptions {
-            concurrency: 4,
+            concurrency: default_concurrency(),
             keys: Keyring::default(),
             allow_plain_layers: false,
             broker: None,
@@ -335,10 +336,20 @@ async fn fetch_keks(
     Ok(keks)
 }
 
-/// Runs the layers with bounded concurrency, biggest first so a large layer never waits behind
-/// small ones. After the first failure no new layer starts and the running ones are cancelled,
-/// and every one is awaited before returning, so no worker is still writing when the staging
-/// directory is removed.
+/// Layers of at least this size take a large-layer slot.
+const LARGE_LAYER: u64 = 64 << 20;
+
+/// Large layers at once: half the cores, at least 2, at most 8. A large layer keeps about two
+/// cores busy (its digest, its HMAC or unpacking); more would only add memory.
+pub fn default_concurrency() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores / 2).clamp(2, 8)
+}
+
+/// Runs the layers, large ones (biggest first) in `opts.concurrency` slots and small ones in
+/// as many slots of their own, so a small layer never waits behind a large one. After the first
+/// failure no new layer starts and the running ones are cancelled, and every one is awaited
+/// before returning, so no worker is still writing when the staging directory is removed.
 async fn fetch_all(
     src: &ImageRef,
     store: &Store,
@@ -348,10 +359,19 @@ async fn fetch_all(
     reporter: Arc<dyn Reporter>,
 ) -> Result<(Written, Vec<LayerProof>), PullError> {
     plans.sort_by_key(|p| std::cmp::Reverse(p.desc.size));
+    let (large, small): (Vec<_>, Vec<_>) =
+        plans.into_iter().partition(|p| p.desc.size >= LARGE_LAYER);
     let cancelled = Arc::new(AtomicBool::new(false));
-    let mut running = futures_util::stream::iter(plans)
-        .map(|plan| fetch_one(store, plan, ex.clone(), reporter.clone(), cancelled.clone()))
-        .buffer_unordered(opts.concurrency.max(1));
+    let lane = |plans: Vec<LayerPlan>, width: usize| {
+        let (ex, reporter, cancelled) = (ex.clone(), reporter.clone(), cancelled.clone());
+        futures_util::stream::iter(plans)
+            .map(move |plan| {
+                fetch_one(store, plan, ex.clone(), reporter.clone(), cancelled.clone())
+            })
+            .buffer_unordered(width.max(1))
+    };
+    let mut running =
+        futures_util::stream::select(lane(large, opts.concurrency), lane(small, opts.concurrency));
     let mut total = Written::default();
     let mut proofs = Vec::new();
     let mut first_error: Option<(String, LayerError)> = None;

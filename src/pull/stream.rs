@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
@@ -30,6 +30,8 @@ use super::LayerError;
 
 /// Bytes per chunk: large writes and few channel hand-offs, small enough to bound memory.
 pub const CHUNK: usize = 1 << 20;
+/// Received pieces at least this large are passed on without being gathered (copied).
+const PASS_THROUGH: usize = 64 * 1024;
 /// Chunks a stage may run ahead of the next one.
 pub const QUEUE: usize = 3;
 /// Attempts in a row that may fail without receiving a byte before a layer gives up.
@@ -63,54 +65,52 @@ pub async fn fetch(
     // will do the same again.
     let remote = matches!(store, Store::Registry(_));
     loop {
-        let failure = match store.blob(desc, received).await {
-            Err(e) if !retryable(&e) => return Err(LayerError::Fetch(e)),
+        let failure = match store.blob_chunks(desc, received, CHUNK).await {
+            Err(e) if !remote || !retryable(&e) => return Err(LayerError::Fetch(e)),
             Err(e) => chain(&e),
-            Ok(mut reader) => {
-                let mut failure = None;
-                while failure.is_none() {
+            Ok(mut pieces) => {
+                // Pieces as the HTTP client received them go on as they are; small ones are
+                // gathered first, so the stages downstream hand off few, large chunks.
+                let mut pending = BytesMut::new();
+                let failure = loop {
                     if cancelled.load(Ordering::Relaxed) {
                         return Err(LayerError::Cancelled);
                     }
-                    let mut buf = BytesMut::with_capacity(CHUNK);
-                    let mut eof = false;
-                    while buf.len() < CHUNK {
-                        match reader.read_buf(&mut buf).await {
-                            Ok(0) => {
-                                eof = true;
-                                break;
-                            }
-                            Ok(_) => {}
-                            Err(e) if !remote => return Err(LayerError::Source(e)),
-                            Err(e) => {
-                                failure = Some(chain(&e));
-                                break;
-                            }
-                        }
-                    }
-                    if !buf.is_empty() {
-                        failures = 0;
-                        received += buf.len() as u64;
-                        progress(buf.len() as u64);
-                        if tx.send(buf.freeze()).await.is_err() {
+                    let piece = match pieces.next().await {
+                        Some(Ok(piece)) => piece,
+                        Some(Err(e)) if !remote => return Err(LayerError::Source(e)),
+                        Some(Err(e)) => break chain(&e),
+                        None if received >= size || !remote => {
+                            // A short local blob is the digest stage's to report.
+                            send(&tx, &mut pending).await;
                             return Ok(stats);
                         }
-                        // Past the end: the digest stage reports the oversized blob.
-                        if received > size {
-                            return Ok(stats);
+                        None => {
+                            break format!("the connection closed after {received} of {size} bytes")
                         }
+                    };
+                    if piece.is_empty() {
+                        continue;
                     }
-                    if eof && failure.is_none() {
-                        // A short local blob is the digest stage's to report.
-                        if received >= size || !remote {
-                            return Ok(stats);
-                        }
-                        failure = Some(format!(
-                            "the connection closed after {received} of {size} bytes"
-                        ));
+                    failures = 0;
+                    received += piece.len() as u64;
+                    progress(piece.len() as u64);
+                    let sent = if pending.is_empty() && piece.len() >= PASS_THROUGH {
+                        tx.send(piece).await.is_ok()
+                    } else {
+                        pending.extend_from_slice(&piece);
+                        pending.len() < CHUNK || send(&tx, &mut pending).await
+                    };
+                    // The consumer hung up (it reports why), or the blob ran past its size (the
+                    // digest stage reports that).
+                    if !sent || received > size {
+                        send(&tx, &mut pending).await;
+                        return Ok(stats);
                     }
-                }
-                failure.unwrap_or_default()
+                };
+                // What arrived before the failure is kept; the next request starts after it.
+                send(&tx, &mut pending).await;
+                failure
             }
         };
         failures += 1;
@@ -134,6 +134,14 @@ pub async fn fetch(
         );
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// Sends the gathered bytes, if any; false if the consumer hung up.
+async fn send(tx: &mpsc::Sender<Bytes>, pending: &mut BytesMut) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    tx.send(std::mem::take(pending).freeze()).await.is_ok()
 }
 
 /// An error and its causes on one line: the outermost message alone often hides the reason.

@@ -100,6 +100,8 @@ pub struct Registry {
 }
 
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+/// A blob as a stream of byte pieces (`Bytes` are shared, never copied).
+pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 impl Registry {
     pub fn new(reference: Reference, opts: &RegistryOptions) -> Result<Registry, RegistryError> {
@@ -168,10 +170,21 @@ impl Registry {
     /// Streams a blob from `offset`. The stream is not verified here: the pull pipeline hashes
     /// every byte itself, once, instead of twice.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, RegistryError> {
+        Ok(Box::pin(StreamReader::new(
+            self.blob_chunks(desc, offset).await?,
+        )))
+    }
+
+    /// [`Registry::blob`] as the pieces the HTTP client received, without copying them.
+    pub async fn blob_chunks(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<BlobStream, RegistryError> {
         // `Range: bytes=0-` on an empty blob is unsatisfiable (416); there is nothing to fetch,
         // and the caller's verifier still checks that the digest is the empty one.
         if desc.size == 0 && offset == 0 {
-            return Ok(Box::pin(tokio::io::empty()));
+            return Ok(Box::pin(futures_util::stream::empty()));
         }
         let oci = to_oci(desc);
         let err = |source| RegistryError::Pull {
@@ -179,22 +192,23 @@ impl Registry {
             digest: desc.digest.clone(),
             source,
         };
-        let stream = match self
-            .client
-            .pull_blob_stream_partial(&self.reference, &oci, offset, None)
-            .await
-            .map_err(err)?
-        {
-            BlobResponse::Partial(s) => s.stream,
-            // A registry that ignores Range sends the whole blob; only usable from the start.
-            BlobResponse::Full(s) if offset == 0 => s.stream,
-            BlobResponse::Full(_) => {
-                return Err(err(OciDistributionError::GenericError(Some(
-                    "the registry ignored the Range request".into(),
-                ))))
-            }
-        };
-        Ok(Box::pin(StreamReader::new(stream)))
+        Ok(
+            match self
+                .client
+                .pull_blob_stream_partial(&self.reference, &oci, offset, None)
+                .await
+                .map_err(err)?
+            {
+                BlobResponse::Partial(s) => s.stream,
+                // A registry that ignores Range sends the whole blob; only usable from the start.
+                BlobResponse::Full(s) if offset == 0 => s.stream,
+                BlobResponse::Full(_) => {
+                    return Err(err(OciDistributionError::GenericError(Some(
+                        "the registry ignored the Range request".into(),
+                    ))))
+                }
+            },
+        )
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool, RegistryError> {

@@ -705,3 +705,62 @@ fn a_volume_too_small_is_refused_up_front_with_the_size_needed() {
     assert!(out.stderr.contains("nothing was fetched"), "{out}");
     assert_eq!(dir_names(&volume), Vec::<String>::new(), "nothing left");
 }
+
+/// With one slot for large layers, the small layers are not queued behind the large one: they
+/// land while the large one is still in transfer (here: blocked on a FIFO forever).
+#[test]
+fn small_layers_never_wait_behind_a_large_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut layout = OciLayoutBuilder::new(tmp.path().join("layout"));
+    let big = layout.add_raw_file(
+        media::WEIGHT_RAW,
+        "model.safetensors",
+        0o644,
+        &vec![0u8; 64 << 20],
+    );
+    for name in ["config.json", "tokenizer.json", "vocab.json"] {
+        layout.add_raw_file(media::WEIGHT_CONFIG_RAW, name, 0o644, b"{}");
+    }
+    layout.write("v1");
+    let reference = layout.reference("v1");
+    let blob = layout.blob_path(&layout.layer(big).digest.clone());
+    fs::remove_file(&blob).unwrap();
+    nix::unistd::mkfifo(&blob, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+    let dest = tmp.path().join("out/m");
+    let mut child = Command::new(modelcrypt_bin())
+        .env("MODELCRYPT_LOG_FORMAT", "text")
+        .args([
+            "pull",
+            &reference,
+            "--no-progress",
+            "--concurrency",
+            "1",
+            "--to",
+        ])
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = tmp.path().join("out/.m.modelcrypt-staging");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let landed = || {
+        ["config.json", "tokenizer.json", "vocab.json"]
+            .iter()
+            .all(|f| staging.join(f).exists())
+    };
+    while !landed() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the small layers waited behind the blocked large one");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still blocked on the large layer"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

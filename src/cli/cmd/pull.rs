@@ -43,7 +43,9 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         } else {
             Modes::Readable
         },
-        concurrency: a.concurrency.into(),
+        concurrency: a
+            .concurrency
+            .map_or_else(pull::default_concurrency, usize::from),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
     let reporter: Arc<dyn Reporter> = match &bars {
