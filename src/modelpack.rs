@@ -132,7 +132,8 @@ pub fn filepath(desc: &Descriptor) -> Option<&str> {
 /// How messages name a layer: its file path and digest, or its index and digest.
 pub fn layer_label(index: usize, desc: &Descriptor) -> String {
     match filepath(desc) {
-        Some(p) => format!("`{p}` ({})", desc.digest),
+        // The path is the artifact's word: escaped and bounded before it reaches a log line.
+        Some(p) => format!("`{}` ({})", crate::extract::shown(p), desc.digest),
         None => format!("#{index} ({})", desc.digest),
     }
 }

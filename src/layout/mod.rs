@@ -50,7 +50,14 @@ pub enum LayoutError {
     Empty { dir: PathBuf },
     #[error("blob `{digest}` is missing from `{dir}`")]
     MissingBlob { dir: PathBuf, digest: Digest },
-    #[error("blob `{digest}` written to `{dir}` does not match its descriptor: {mismatch}")]
+    #[error("the manifest `{digest}` in `{dir}` is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        dir: PathBuf,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+    #[error("blob `{digest}` in `{dir}` does not match its descriptor: {mismatch}")]
     Mismatch {
         dir: PathBuf,
         digest: Digest,
@@ -279,6 +286,7 @@ async fn open_existing(
     }
 }
 
+/// Reads a manifest blob whole, bounded by `limit`, and checks its digest.
 pub(crate) async fn read_small(
     dir: &Path,
     path: &Path,
@@ -299,13 +307,11 @@ pub(crate) async fn read_small(
         .await
         .map_err(io_err(path))?;
     if raw.len() as u64 > limit {
-        return Err(LayoutError::Mismatch {
+        return Err(LayoutError::TooLarge {
             dir: dir.to_path_buf(),
             digest: digest.clone(),
-            mismatch: Mismatch::Size {
-                expected: limit,
-                actual: raw.len() as u64,
-            },
+            size: meta.len(),
+            limit,
         });
     }
     let mut hasher = digest.hasher();

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::manifest::Descriptor;
 use crate::ocicrypt::cipher::CtrDecryptor;
+use crate::registry::error_chain;
 use crate::store::{Store, StoreError};
 
 use super::layer::Cancelled;
@@ -67,7 +68,7 @@ pub async fn fetch(
     loop {
         let failure = match store.blob_chunks(desc, received, CHUNK).await {
             Err(e) if !remote || !retryable(&e) => return Err(LayerError::Fetch(e)),
-            Err(e) => chain(&e),
+            Err(e) => error_chain(&e),
             Ok(mut pieces) => {
                 // Pieces as the HTTP client received them go on as they are; small ones are
                 // gathered first, so the stages downstream hand off few, large chunks.
@@ -79,7 +80,7 @@ pub async fn fetch(
                     let piece = match pieces.next().await {
                         Some(Ok(piece)) => piece,
                         Some(Err(e)) if !remote => return Err(LayerError::Source(e)),
-                        Some(Err(e)) => break chain(&e),
+                        Some(Err(e)) => break error_chain(&e),
                         None if received >= size || !remote => {
                             // A short local blob is the digest stage's to report.
                             send(&tx, &mut pending).await;
@@ -142,21 +143,6 @@ async fn send(tx: &mpsc::Sender<Bytes>, pending: &mut BytesMut) -> bool {
         return true;
     }
     tx.send(std::mem::take(pending).freeze()).await.is_ok()
-}
-
-/// An error and its causes on one line: the outermost message alone often hides the reason.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// Failures worth another request: the network, a timeout, a registry restarting or busy.

@@ -22,6 +22,24 @@ use crate::manifest::{
     Descriptor, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
 
+/// How much of a registry's error body is quoted in a message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// An error and its causes on one line (reqwest's outer message alone hides the reason).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// Upload chunk: big enough to keep round trips few, small enough to bound memory and stay
 /// under the per-request limits of registries such as Cloudflare's (500 MB).
 const PUSH_CHUNK: usize = 8 * 1024 * 1024;
@@ -42,18 +60,29 @@ pub enum RegistryError {
     },
     #[error("credential helper `{program}` failed: {reason}")]
     CredentialHelper { program: String, reason: String },
-    #[error("cannot fetch the manifest of `{reference}`")]
-    Manifest {
-        reference: String,
-        #[source]
-        source: OciDistributionError,
-    },
+    #[error("cannot fetch the manifest of `{reference}`: {reason}")]
+    ManifestFetch { reference: String, reason: String },
+    #[error("the manifest of `{reference}` is over the {limit}-byte limit")]
+    ManifestTooLarge { reference: String, limit: usize },
+    #[error("cannot set up an HTTP client for `{reference}`: {reason}")]
+    Http { reference: String, reason: String },
     #[error("cannot fetch blob `{digest}` from `{reference}`")]
     Pull {
         reference: String,
         digest: Digest,
         #[source]
         source: OciDistributionError,
+    },
+    #[error(
+        "blob `{digest}` in `{reference}` is not the {size} bytes its descriptor says: from byte \
+         {offset} the registry sends {actual}"
+    )]
+    BlobLength {
+        reference: String,
+        digest: Digest,
+        size: u64,
+        offset: u64,
+        actual: u64,
     },
     #[error("cannot upload blob `{digest}` to `{reference}`")]
     Push {
@@ -97,6 +126,11 @@ pub struct RegistryOptions {
 pub struct Registry {
     client: Client,
     reference: Reference,
+    /// Manifests are fetched with our own bounded GET (oci-client reads bodies whole).
+    http: reqwest::Client,
+    plain_http: bool,
+    /// How [`Registry::login`] authenticated: the bearer token it got, or the basic credentials.
+    auth: std::sync::Arc<std::sync::Mutex<RegistryAuth>>,
 }
 
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -117,9 +151,21 @@ impl Registry {
             user_agent: concat!("modelcrypt/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("modelcrypt/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| RegistryError::Http {
+                reference: format!("docker://{}", reference.whole()),
+                reason: e.to_string(),
+            })?;
         Ok(Registry {
             client: Client::new(config),
             reference,
+            http,
+            plain_http: opts.plain_http,
+            auth: std::sync::Arc::new(std::sync::Mutex::new(RegistryAuth::Anonymous)),
         })
     }
 
@@ -136,9 +182,17 @@ impl Registry {
             None => RegistryAuth::Anonymous,
         };
         // Anonymous auth failures surface on the first real request with a clearer status.
-        if let Err(e) = self.client.auth(&self.reference, &auth, op).await {
-            tracing::debug!(error = %e, "registry token request failed");
-        }
+        let token = match self.client.auth(&self.reference, &auth, op).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::debug!(error = %e, "registry token request failed");
+                None
+            }
+        };
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = match token {
+            Some(token) => RegistryAuth::Bearer(token),
+            None => auth.clone(),
+        };
         self.client
             .store_auth_if_needed(self.reference.resolve_registry(), &auth)
             .await;
@@ -150,21 +204,74 @@ impl Registry {
     }
 
     /// The manifest's raw bytes; the caller hashes them (the registry's word is not trusted).
+    /// Read through a bound: a hostile registry cannot make us buffer an endless body.
     pub async fn manifest(&self) -> Result<Vec<u8>, RegistryError> {
         let accepted = [
             MEDIA_TYPE_MANIFEST,
             MEDIA_TYPE_DOCKER_MANIFEST,
             MEDIA_TYPE_INDEX,
         ];
-        let (raw, _digest) = self
-            .client
-            .pull_manifest_raw(&self.reference, &RegistryAuth::Anonymous, &accepted)
-            .await
-            .map_err(|source| RegistryError::Manifest {
+        let r = &self.reference;
+        let target = r.digest().or(r.tag()).unwrap_or("latest");
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{target}",
+            if self.plain_http { "http" } else { "https" },
+            r.resolve_registry(),
+            r.repository()
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accepted.join(", "));
+        request = match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            RegistryAuth::Anonymous => request,
+        };
+        let err = |reason: String| RegistryError::ManifestFetch {
+            reference: self.name(),
+            reason,
+        };
+        let response = request.send().await.map_err(|e| err(error_chain(&e)))?;
+        let status = response.status();
+        let limit = if status.is_success() {
+            crate::manifest::MAX_MANIFEST_BYTES
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        if status.is_success() && response.content_length().unwrap_or(0) > limit as u64 {
+            return Err(RegistryError::ManifestTooLarge {
                 reference: self.name(),
-                source,
-            })?;
-        Ok(raw.to_vec())
+                limit,
+            });
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| err(error_chain(&e)))?;
+            if body.len() + piece.len() > limit {
+                if status.is_success() {
+                    return Err(RegistryError::ManifestTooLarge {
+                        reference: self.name(),
+                        limit,
+                    });
+                }
+                break; // enough of an error body to quote
+            }
+            body.extend_from_slice(&piece);
+        }
+        if !status.is_success() {
+            let text = crate::extract::shown(&String::from_utf8_lossy(&body));
+            return Err(err(format!(
+                "{url} answered {status}{}",
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {text}")
+                }
+            )));
+        }
+        Ok(body)
     }
 
     /// Streams a blob from `offset`. The stream is not verified here: the pull pipeline hashes
@@ -192,23 +299,33 @@ impl Registry {
             digest: desc.digest.clone(),
             source,
         };
-        Ok(
-            match self
-                .client
-                .pull_blob_stream_partial(&self.reference, &oci, offset, None)
-                .await
-                .map_err(err)?
-            {
-                BlobResponse::Partial(s) => s.stream,
-                // A registry that ignores Range sends the whole blob; only usable from the start.
-                BlobResponse::Full(s) if offset == 0 => s.stream,
-                BlobResponse::Full(_) => {
-                    return Err(err(OciDistributionError::GenericError(Some(
-                        "the registry ignored the Range request".into(),
-                    ))))
-                }
-            },
-        )
+        let sized = match self
+            .client
+            .pull_blob_stream_partial(&self.reference, &oci, offset, None)
+            .await
+            .map_err(err)?
+        {
+            BlobResponse::Partial(s) => s,
+            // A registry that ignores Range sends the whole blob; only usable from the start.
+            BlobResponse::Full(s) if offset == 0 => s,
+            BlobResponse::Full(_) => {
+                return Err(err(OciDistributionError::GenericError(Some(
+                    "the registry ignored the Range request".into(),
+                ))))
+            }
+        };
+        // A length that disagrees with the descriptor will not get better by asking again.
+        let expected = desc.size.saturating_sub(offset);
+        if let Some(actual) = sized.content_length.filter(|&n| n != expected) {
+            return Err(RegistryError::BlobLength {
+                reference: self.name(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+                offset,
+                actual,
+            });
+        }
+        Ok(sized.stream)
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool, RegistryError> {
