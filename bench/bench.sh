@@ -211,7 +211,7 @@ preflight() {
     tmpfs_size=$(numfmt --from=iec "${TMPFS_SIZE^^}") || die "TMPFS_SIZE '$TMPFS_SIZE' is not a size"
     ((tmpfs_size >= tmpfs_need)) ||
         die "TMPFS_SIZE=$TMPFS_SIZE is too small: the baseline needs $(gb "$tmpfs_need") GB (the model plus its largest file)"
-    mem=$(awk '/^MemAvailable:/ {printf "%d\n", $2 * 1024}' /proc/meminfo)
+    mem=$(awk '/^MemAvailable:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo)
     if ((mem < tmpfs_need + 1073741824)); then
         log "warning: $(gb "$mem") GB of RAM available, the tmpfs will hold up to $(gb "$tmpfs_need") GB"
     fi
@@ -311,6 +311,8 @@ run_qwen3() {
     name=${INFO[qwen3,name]}
     INFO[qwen3,detail]="one weights file of $QWEN_BYTES bytes"
 
+    registry_ingest "$WORK/model/$name/model.safetensors" "$WORK/model/$name.sha256"
+
     # Encrypt: each run writes a new artifact; all but skopeo's first (which the pulls use) are
     # deleted and garbage-collected after their check, to bound the registry's disk use.
     phase_begin "$p" "encrypt $name" "${INFO[qwen3,bytes]}" "skopeo copy --encryption-key"
@@ -354,6 +356,23 @@ run_qwen3() {
     pull_phase qwen3_pull_enc "pull $name, encrypted" qwen3 "$BASE/enc-skopeo-1:v1" \
         --decryption-key "$PRIV"
     finish_shape qwen3
+}
+
+# registry_ingest FILE SUMS: how fast the registry stores one upload of FILE (a single
+# monolithic PUT by curl, no client-side work): the ceiling for any encrypt that writes there.
+registry_ingest() {
+    local file=$1 sums=$2 digest loc t0 bytes
+    digest=$(awk -v f="$(basename "$file")" '$2 == f || $2 == "./" f || $2 == "*" f {print $1}' "$sums" | head -n 1)
+    [[ -n $digest ]] || digest=$(sha256sum "$file" | cut -d' ' -f1)
+    loc=$(curl -sf -D - -o /dev/null -X POST "http://127.0.0.1:$REG_PORT/v2/bench/ingest/blobs/uploads/" |
+        tr -d '\r' | awk 'tolower($1) == "location:" {print $2}')
+    [[ $loc == http* ]] || loc=http://127.0.0.1:$REG_PORT$loc
+    bytes=$(stat -c %s "$file")
+    t0=$(now_us)
+    curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -T "$file" \
+        "$loc&digest=sha256:$digest" || die "the registry refused a monolithic upload"
+    INFO[ingest_mbps]=$(mbps "$bytes" "$(us_to_s $(($(now_us) - t0)))")
+    log "registry ingest (one monolithic PUT of $(basename "$file"), curl): ${INFO[ingest_mbps]} MB/s"
 }
 
 run_shards() {
@@ -443,6 +462,7 @@ report() {
     [[ -z ${INFO[enc_skopeo]:-} ]] || echo "encrypted by skopeo: ${INFO[enc_skopeo]}"
     [[ -z ${INFO[enc_ours]:-} ]] || echo "encrypted by ours:   ${INFO[enc_ours]}"
     [[ -z ${INFO[interop]:-} ]] || echo "skopeo decrypts our encrypted artifact: ${INFO[interop]}"
+    [[ -z ${INFO[ingest_mbps]:-} ]] || echo "registry ingest ceiling (curl, one monolithic PUT of the weights file): ${INFO[ingest_mbps]} MB/s; no encrypt into this registry can beat it"
     [[ -z ${INFO[shards,encrypt_s]:-} ]] || echo "skopeo encrypted ${INFO[shards,name]} once in ${INFO[shards,encrypt_s]} s (setup for the encrypted pull)"
     [[ -z $STALE_BINARY ]] || echo "warning: $MC is older than $STALE_BINARY"
     if [[ -n $QWEN_MB || $SHARD_MB != 2048 ]]; then
@@ -515,6 +535,7 @@ report() {
     echo "RESULT aes256ctr_single_core_mbps_start=${AES_START:-NA}"
     echo "RESULT aes256ctr_single_core_mbps_end=${AES_END:-NA}"
     echo "RESULT aes256ctr_single_core_mbps=${aes:-NA}"
+    echo "RESULT registry_ingest_mbps=${INFO[ingest_mbps]:-NA}"
     echo "RESULT modelcrypt_stale=$([[ -n $STALE_BINARY ]] && echo yes || echo no)"
     for s in "${SEL[@]}"; do
         [[ -n ${INFO[$s,files]:-} ]] || continue

@@ -197,7 +197,7 @@ model_sums() {
     mv "$sums.part" "$sums"
 }
 
-dir_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d\n", s}'; }
+dir_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }
 max_file_bytes() { find "$1" -type f -printf '%s\n' | sort -n | tail -n 1; }
 
 # check_delivery SUMS OUT WHO: every file in SUMS is in OUT with the same SHA-256, and OUT has no
