@@ -31,6 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Resource bodies larger than this are refused (KEKs and key files are tiny).
 const MAX_RESPONSE: usize = 1 << 20;
 const COOKIE: &str = "kbs-session-id";
+const AUTH_PATH: &str = "/kbs/v0/auth";
+const ATTEST_PATH: &str = "/kbs/v0/attest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KbsError {
@@ -92,7 +94,8 @@ pub enum HashAlgorithm {
 }
 
 impl HashAlgorithm {
-    fn from_challenge(extra: &Value) -> Result<HashAlgorithm, KbsError> {
+    /// The hash the broker selected in the challenge's `extra-params`.
+    pub fn from_challenge(extra: &Value) -> Result<HashAlgorithm, KbsError> {
         let Some(name) = extra.get("selected-hash-algorithm").and_then(Value::as_str) else {
             return Ok(HashAlgorithm::Sha384);
         };
@@ -100,7 +103,8 @@ impl HashAlgorithm {
             "sha256" => Ok(HashAlgorithm::Sha256),
             "sha384" => Ok(HashAlgorithm::Sha384),
             "sha512" => Ok(HashAlgorithm::Sha512),
-            other => Err(KbsError::HashAlgorithm(other.into())),
+            // The name comes from the broker: escaped, as everything it sends is shown.
+            other => Err(KbsError::HashAlgorithm(crate::extract::shown(other))),
         }
     }
 
@@ -308,7 +312,7 @@ impl ExpectChallenge {
             tee,
             extra_params: serde_json::json!({"supported-hash-algorithms": ["sha256", "sha384", "sha512"]}),
         };
-        let path = "/kbs/v0/auth";
+        let path = AUTH_PATH;
         let resp = send(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -320,8 +324,7 @@ impl ExpectChallenge {
         let session = session_cookie(&resp);
         let body = read_body(resp, path).await?;
         let session = session.ok_or(KbsError::NoSession)?;
-        let challenge: Challenge =
-            serde_json::from_slice(&body).map_err(|e| malformed(path, e.to_string()))?;
+        let challenge = parse_challenge(&body)?;
         Ok(ExpectAttestResult {
             tee_key: self.tee_key,
             http: self.http,
@@ -352,7 +355,7 @@ impl ExpectAttestResult {
                 additional_evidence: String::new(),
             },
         };
-        let path = "/kbs/v0/attest";
+        let path = ATTEST_PATH;
         let request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -363,10 +366,7 @@ impl ExpectAttestResult {
             .json(&attestation);
         let resp = send(request, &self.base).await?;
         let body = read_body(resp, path).await?;
-        let token = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_string))
-            .ok_or_else(|| malformed(path, "no `token`".into()))?;
+        let token = parse_attest_reply(&body)?;
         Ok(Authenticated {
             http: self.http,
             base: self.base,
@@ -426,26 +426,43 @@ async fn read_body(resp: reqwest::Response, path: &str) -> Result<Vec<u8>, KbsEr
     if status.is_success() {
         return Ok(body);
     }
-    let (kind, detail) = match serde_json::from_slice::<ErrorInformation>(&body) {
+    Err(parse_error_reply(path, status.as_u16(), &body))
+}
+
+/// The challenge in a 2xx reply to `POST /kbs/v0/auth` (kbs.md §1.3).
+pub fn parse_challenge(body: &[u8]) -> Result<Challenge, KbsError> {
+    serde_json::from_slice(body).map_err(|e| malformed(AUTH_PATH, e.to_string()))
+}
+
+/// The attestation token in a 2xx reply to `POST /kbs/v0/attest`: `{"token": "..."}`
+/// (kbs.md §1.5).
+pub fn parse_attest_reply(body: &[u8]) -> Result<String, KbsError> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_string))
+        .ok_or_else(|| malformed(ATTEST_PATH, "no `token`".into()))
+}
+
+/// A non-2xx reply to `path` as a typed error: Trustee's `ErrorInformation` body (kbs.md §1.7)
+/// when it sent one, the body itself otherwise. Both parts are escaped and bounded: the broker
+/// must not be able to write control sequences to the terminal or the logs.
+pub fn parse_error_reply(path: &str, status: u16, body: &[u8]) -> KbsError {
+    let (kind, detail) = match serde_json::from_slice::<ErrorInformation>(body) {
         Ok(e) => (
-            e.error_type
-                .rsplit('/')
-                .next()
-                .unwrap_or(&e.error_type)
-                .to_string(),
+            crate::extract::shown(e.error_type.rsplit('/').next().unwrap_or(&e.error_type)),
             crate::extract::shown(&e.detail),
         ),
         Err(_) => (
             "(no error body)".into(),
-            crate::extract::shown(&String::from_utf8_lossy(&body)),
+            crate::extract::shown(&String::from_utf8_lossy(body)),
         ),
     };
-    Err(KbsError::Refused {
+    KbsError::Refused {
         path: path.into(),
-        status: status.as_u16(),
+        status,
         kind,
         detail,
-    })
+    }
 }
 
 fn malformed(path: &str, reason: String) -> KbsError {
@@ -459,20 +476,31 @@ fn session_cookie(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get_all(reqwest::header::SET_COOKIE)
         .iter()
-        .find_map(|v| {
-            let v = v.to_str().ok()?;
-            let (name, rest) = v.split_once('=')?;
-            if name.trim() != COOKIE {
-                return None;
-            }
-            let value = rest.split(';').next()?.trim();
-            let ok = !value.is_empty()
-                && value.len() <= 128
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            ok.then(|| value.to_string())
-        })
+        .find_map(|v| parse_session_cookie(v.as_bytes()))
+}
+
+/// The session id in one `Set-Cookie` header value, if it is the broker's `kbs-session-id`
+/// cookie with a plausible id (1 to 128 ASCII letters, digits or `-`; kbs.md §1.3).
+pub fn parse_session_cookie(set_cookie: &[u8]) -> Option<String> {
+    // What `HeaderValue::to_str` accepts: visible ASCII and tabs.
+    if !set_cookie
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+    {
+        return None;
+    }
+    let v = std::str::from_utf8(set_cookie).ok()?;
+    let (name, rest) = v.split_once('=')?;
+    if name.trim() != COOKIE {
+        return None;
+    }
+    let value = rest.split(';').next()?.trim();
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| value.to_string())
 }
 
 /// Where keys come from: a key broker we attest to ourselves, or the pod's Confidential Data
@@ -641,6 +669,74 @@ mod tests {
             &serde_json::json!({"selected-hash-algorithm": "md5"})
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_trustee_error_body_gives_its_kind_and_detail() {
+        let body = br#"{"type":"https://github.com/confidential-containers/kbs/errors/TokenNotFound","detail":"Attestation Token not found"}"#;
+        let e = parse_error_reply("/kbs/v0/resource/a/b/c", 401, body);
+        assert!(e.is_session_problem());
+        assert_eq!(
+            e.to_string(),
+            "the key broker answered `/kbs/v0/resource/a/b/c` with HTTP 401: TokenNotFound: \
+             Attestation Token not found"
+        );
+        let e = parse_error_reply("/kbs/v0/auth", 502, b"<html>bad gateway</html>");
+        assert_eq!(e.kind(), Some("(no error body)"));
+        assert!(e
+            .to_string()
+            .ends_with("HTTP 502: (no error body): <html>bad gateway</html>"));
+    }
+
+    /// Found by fuzz/fuzz_targets/broker_reply.rs: the error `type` reached the terminal raw.
+    #[test]
+    fn broker_error_kinds_and_hash_names_are_shown_escaped() {
+        let e = parse_error_reply("/kbs/v0/auth", 401, b"{\"type\":\"\x7f\",\"detail\":\"\"}");
+        assert_eq!(e.kind(), Some("\\u{7f}"));
+        let body = br#"{"type":"x/\u001b[2J\u001b]0;owned\u0007","detail":"\u001b[31m"}"#;
+        let text = parse_error_reply("/kbs/v0/auth", 401, body).to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        let sel = serde_json::json!({"selected-hash-algorithm": "sha\u{1b}[31m"});
+        let text = HashAlgorithm::from_challenge(&sel).unwrap_err().to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+
+    #[test]
+    fn challenge_and_token_replies_parse() {
+        let c = parse_challenge(br#"{"nonce":"bm9uY2U=","extra-params":""}"#).unwrap();
+        assert_eq!(c.nonce, "bm9uY2U=");
+        assert!(matches!(
+            parse_challenge(b"{}"),
+            Err(KbsError::Malformed { path, .. }) if path == "/kbs/v0/auth"
+        ));
+        assert_eq!(
+            parse_attest_reply(br#"{"token":"a.b.c"}"#).unwrap(),
+            "a.b.c"
+        );
+        assert!(parse_attest_reply(br#"{"token":1}"#).is_err());
+        assert!(parse_attest_reply(b"not json").is_err());
+    }
+
+    #[test]
+    fn only_a_well_formed_session_cookie_is_taken() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let ok = |v: &str| parse_session_cookie(v.as_bytes());
+        assert_eq!(
+            ok(&format!(
+                "kbs-session-id={id}; Expires=Sat, 28 Nov 2026 00:05:00 GMT"
+            ))
+            .as_deref(),
+            Some(id)
+        );
+        assert_eq!(ok(&format!(" kbs-session-id = {id} ")).as_deref(), Some(id));
+        assert_eq!(ok(&format!("other={id}")), None);
+        assert_eq!(ok("kbs-session-id=; Path=/"), None);
+        assert_eq!(ok("kbs-session-id=a_b"), None);
+        assert_eq!(ok(&format!("kbs-session-id={}", "a".repeat(129))), None);
+        assert_eq!(
+            parse_session_cookie(format!("kbs-session-id={id}; x=\u{e9}").as_bytes()),
+            None
+        );
     }
 
     #[test]
