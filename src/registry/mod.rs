@@ -22,6 +22,24 @@ use crate::manifest::{
     Descriptor, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
 
+/// A registry's error body, bounded and escaped, for a message.
+async fn bounded_text(resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(piece)) = stream.next().await {
+        let room = ERROR_BODY_LIMIT - body.len();
+        body.extend_from_slice(&piece[..piece.len().min(room)]);
+        if body.len() == ERROR_BODY_LIMIT {
+            break;
+        }
+    }
+    crate::extract::shown(&String::from_utf8_lossy(&body))
+}
+
+/// Body pieces of a streamed upload: the stream has no chunk boundaries to respect, so small
+/// pieces keep memory low.
+const STREAM_PIECE: usize = 1 << 20;
+
 /// How much of a registry's error body is quoted in a message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -91,12 +109,8 @@ pub enum RegistryError {
         #[source]
         source: OciDistributionError,
     },
-    #[error("cannot upload a blob to `{reference}`")]
-    PushStreamed {
-        reference: String,
-        #[source]
-        source: OciDistributionError,
-    },
+    #[error("cannot upload a blob to `{reference}`: {reason}")]
+    Upload { reference: String, reason: String },
     #[error("cannot push the manifest to `{reference}`")]
     PushManifest {
         reference: String,
@@ -214,20 +228,13 @@ impl Registry {
         let r = &self.reference;
         let target = r.digest().or(r.tag()).unwrap_or("latest");
         let url = format!(
-            "{}://{}/v2/{}/manifests/{target}",
-            if self.plain_http { "http" } else { "https" },
-            r.resolve_registry(),
+            "{}/v2/{}/manifests/{target}",
+            self.base_url(),
             r.repository()
         );
-        let mut request = self
-            .http
-            .get(&url)
+        let request = self
+            .authed(self.http.get(&url))
             .header(reqwest::header::ACCEPT, accepted.join(", "));
-        request = match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
-            RegistryAuth::Bearer(token) => request.bearer_auth(token),
-            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
-            RegistryAuth::Anonymous => request,
-        };
         let err = |reason: String| RegistryError::ManifestFetch {
             reference: self.name(),
             reason,
@@ -347,7 +354,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let digest = desc.digest.clone();
         let source_digest = digest.clone();
-        let chunks = chunk_stream(reader).map_err(move |e| {
+        let chunks = chunk_stream(reader, PUSH_CHUNK).map_err(move |e| {
             OciDistributionError::GenericError(Some(format!(
                 "reading the source of `{source_digest}`: {e}"
             )))
@@ -368,33 +375,118 @@ impl Registry {
         Ok(())
     }
 
-    /// Uploads a blob whose digest is only known at the end; the client hashes as it sends.
+    /// Uploads a blob whose digest is only known at the end, hashing it as it goes: one
+    /// `POST`, one streamed `PATCH` with the whole body, one `PUT ?digest=` (the Docker
+    /// distribution "stream upload" that docker and containerd use). Fewer round trips than
+    /// fixed-size chunks, and the producer never waits for a chunk's acknowledgement.
     pub async fn put_blob_streamed(
         &self,
         reader: BlobReader,
     ) -> Result<(Digest, u64), RegistryError> {
-        let chunks = chunk_stream(reader).map_err(|e| {
-            OciDistributionError::GenericError(Some(format!("reading the blob: {e}")))
-        });
-        let r = self
-            .client
-            .push_blob_stream_chunked(&self.reference, chunks)
+        let err = |reason: String| RegistryError::Upload {
+            reference: self.name(),
+            reason,
+        };
+        let start = format!(
+            "{}/v2/{}/blobs/uploads/",
+            self.base_url(),
+            self.reference.repository()
+        );
+        let resp = self
+            .authed(self.http.post(&start))
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .send()
             .await
-            .map_err(|source| RegistryError::PushStreamed {
-                reference: self.name(),
-                source,
-            })?;
-        let digest = r
-            .blob_digest
-            .parse()
-            .map_err(|_| RegistryError::PushStreamed {
-                reference: self.name(),
-                source: OciDistributionError::GenericError(Some(format!(
-                    "unexpected digest `{}`",
-                    r.blob_digest
-                ))),
-            })?;
-        Ok((digest, r.size))
+            .map_err(|e| err(error_chain(&e)))?;
+        let location = self.upload_location(resp, &start).await.map_err(err)?;
+
+        let hashed = std::sync::Arc::new(std::sync::Mutex::new((
+            crate::digest::Hasher::sha256(),
+            0u64,
+        )));
+        let tap = hashed.clone();
+        let body = chunk_stream(reader, STREAM_PIECE).map_ok(move |piece| {
+            let mut state = tap.lock().unwrap_or_else(|p| p.into_inner());
+            state.0.update(&piece);
+            state.1 += piece.len() as u64;
+            piece
+        });
+        let resp = self
+            .authed(self.http.patch(&location))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| err(error_chain(&e)))?;
+        let location = self.upload_location(resp, &location).await.map_err(err)?;
+
+        let (hasher, size) = std::mem::replace(
+            &mut *hashed.lock().unwrap_or_else(|p| p.into_inner()),
+            (crate::digest::Hasher::sha256(), 0),
+        );
+        let digest = hasher.finish();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = self
+            .authed(self.http.put(format!("{location}{sep}digest={digest}")))
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .send()
+            .await
+            .map_err(|e| err(error_chain(&e)))?;
+        if resp.status() != reqwest::StatusCode::CREATED {
+            let status = resp.status();
+            return Err(err(format!(
+                "closing the upload: {status}: {}",
+                bounded_text(resp).await
+            )));
+        }
+        Ok((digest, size))
+    }
+
+    fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.plain_http { "http" } else { "https" },
+            self.reference.resolve_registry()
+        )
+    }
+
+    /// `request` with the credentials [`Registry::login`] settled on.
+    fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            RegistryAuth::Anonymous => request,
+        }
+    }
+
+    /// The absolute `Location` of an upload session from a 202 answer. It must stay on this
+    /// registry: our credentials go with the next request.
+    async fn upload_location(&self, resp: reqwest::Response, url: &str) -> Result<String, String> {
+        let status = resp.status();
+        if status != reqwest::StatusCode::ACCEPTED {
+            return Err(format!(
+                "{url} answered {status}: {}",
+                bounded_text(resp).await
+            ));
+        }
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("{url} gave no upload location"))?;
+        let base = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        let joined = base
+            .join(location)
+            .map_err(|e| format!("bad upload location: {e}"))?;
+        if joined.host_str() != base.host_str()
+            || joined.port_or_known_default() != base.port_or_known_default()
+        {
+            return Err(format!(
+                "the upload location `{}` is on another host",
+                crate::extract::shown(location)
+            ));
+        }
+        Ok(joined.to_string())
     }
 
     pub async fn put_manifest(&self, raw: &[u8], media_type: &str) -> Result<(), RegistryError> {
@@ -430,10 +522,13 @@ fn to_oci(d: &Descriptor) -> OciDescriptor {
 }
 
 /// Turns a reader into a stream of `PUSH_CHUNK`-sized buffers (the last one shorter).
-fn chunk_stream(reader: BlobReader) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::try_unfold(reader, |mut reader| async move {
-        let mut buf = BytesMut::with_capacity(PUSH_CHUNK);
-        while buf.len() < PUSH_CHUNK {
+fn chunk_stream(
+    reader: BlobReader,
+    size: usize,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold(reader, move |mut reader| async move {
+        let mut buf = BytesMut::with_capacity(size);
+        while buf.len() < size {
             if reader.read_buf(&mut buf).await? == 0 {
                 break;
             }
