@@ -150,16 +150,25 @@ fn render_error(e: &Error) {
     }
 }
 
-/// The same facts as one JSON event, so a log collector keeps the cause with the error.
+/// The same facts as one JSON line, so a log collector keeps the cause with the error. Written
+/// directly, not through the log filter: `MODELCRYPT_LOG=off` must not make a failure silent.
 fn log_error(e: &Error) {
-    let causes = causes(e).join("; ");
-    let hints = e.hints().join(" ");
-    tracing::error!(
-        causes = (!causes.is_empty()).then_some(causes.as_str()),
-        hints = (!hints.is_empty()).then_some(hints.as_str()),
-        exit_code = e.exit_code(),
-        "{e}"
-    );
+    let causes = causes(e);
+    let hints = e.hints();
+    let mut line = serde_json::json!({
+        "timestamp": crate::now_rfc3339(),
+        "level": "ERROR",
+        "message": e.to_string(),
+        "exit_code": e.exit_code(),
+        "target": "modelcrypt",
+    });
+    if !causes.is_empty() {
+        line["causes"] = causes.join("; ").into();
+    }
+    if !hints.is_empty() {
+        line["hints"] = hints.join(" ").into();
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The messages of `e`'s sources, each once: `#[error(transparent)]` layers repeat their inner

@@ -11,7 +11,7 @@ pub mod tar;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -178,7 +178,7 @@ pub enum Modes {
     #[default]
     Readable,
     /// The artifact's bits as they are (setuid and setgid are refused either way; directories
-    /// stay owner-writable until the commit so extraction can continue).
+    /// keep the owner's rwx, so a read-only directory cannot stop the extraction).
     Preserve,
 }
 
@@ -260,8 +260,16 @@ impl Extractor {
                     })
                 }
             }
-            match fs::create_dir(&at) {
-                Ok(()) => {}
+            // Owner-only until the commit, whatever the umask; the final mode is applied with
+            // the others in `finish`.
+            match fs::DirBuilder::new().mode(0o700).create(&at) {
+                Ok(()) => {
+                    self.dir_modes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(at.clone())
+                        .or_insert(self.modes.dir(0o755));
+                }
                 // Another layer created it in between: fine if it is a real directory.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if !fs::symlink_metadata(&at)

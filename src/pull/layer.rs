@@ -91,7 +91,8 @@ impl LayerPlan {
     /// What a progress bar calls the layer: its file path, or its digest.
     pub fn name(&self) -> String {
         match crate::modelpack::filepath(&self.desc) {
-            Some(p) => p.to_string(),
+            // Shown on a terminal: the artifact's text is escaped and bounded.
+            Some(p) => crate::extract::shown(p),
             None => self.desc.digest.to_string(),
         }
     }

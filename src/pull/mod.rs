@@ -424,8 +424,12 @@ async fn fetch_one(
         let progress = |n: u64| reporter.on_layer_progress(id, n);
         let fetched = stream::fetch(store, &desc, tx, &progress, &cancelled).await;
         let consumed = consumer.await.unwrap_or(Err(LayerError::Panicked));
-        // A transfer that gave up explains the short stream the consumer saw.
+        // A transfer that gave up explains the short stream the consumer saw, unless the
+        // consumer refused what it had already received.
         let (result, stats) = match (fetched, consumed) {
+            (Err(_), Err(LayerError::Extract(e))) if !e.is_stream_error() => {
+                return Err(LayerError::Extract(e))
+            }
             (Err(e), _) => return Err(e),
             (Ok(stats), consumed) => (consumed?, stats),
         };

@@ -77,7 +77,13 @@ pub async fn fetch(
                     if cancelled.load(Ordering::Relaxed) {
                         return Err(LayerError::Cancelled);
                     }
-                    let piece = match pieces.next().await {
+                    // A consumer that stopped (hostile content, say) ends the transfer now,
+                    // not when the next piece arrives.
+                    let next = tokio::select! {
+                        next = pieces.next() => next,
+                        () = tx.closed() => return Ok(stats),
+                    };
+                    let piece = match next {
                         Some(Ok(piece)) => piece,
                         Some(Err(e)) if !remote => return Err(LayerError::Source(e)),
                         Some(Err(e)) => break error_chain(&e),
@@ -114,6 +120,13 @@ pub async fn fetch(
                 failure
             }
         };
+        // Everything arrived before the connection failed: the stages downstream judge it.
+        if received >= size || tx.is_closed() {
+            return Ok(stats);
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(LayerError::Cancelled);
+        }
         failures += 1;
         if failures > MAX_FAILURES || stats.resumes >= MAX_RESUMES {
             return Err(LayerError::Interrupted {
@@ -133,7 +146,10 @@ pub async fn fetch(
             error = %failure,
             "blob transfer interrupted; resuming from the last byte received"
         );
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = tx.closed() => return Ok(stats),
+        }
     }
 }
 
@@ -149,12 +165,10 @@ async fn send(tx: &mpsc::Sender<Bytes>, pending: &mut BytesMut) -> bool {
 /// Not: a missing blob, refused credentials, a local file that is not there.
 fn retryable(e: &StoreError) -> bool {
     use crate::registry::RegistryError;
-    use oci_client::errors::OciDistributionError as E;
     match e {
-        StoreError::Registry(RegistryError::Pull { source, .. }) => match source {
-            E::RequestError(_) | E::IoError(_) => true,
-            E::ServerError { code, .. } => *code >= 500 || *code == 429,
-            _ => false,
+        StoreError::Registry(RegistryError::Pull { status, .. }) => match status {
+            None => true,
+            Some(code) => *code >= 500 || *code == 429,
         },
         _ => false,
     }

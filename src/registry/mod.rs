@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -84,12 +83,13 @@ pub enum RegistryError {
     ManifestTooLarge { reference: String, limit: usize },
     #[error("cannot set up an HTTP client for `{reference}`: {reason}")]
     Http { reference: String, reason: String },
-    #[error("cannot fetch blob `{digest}` from `{reference}`")]
+    #[error("cannot fetch blob `{digest}` from `{reference}`: {reason}")]
     Pull {
         reference: String,
         digest: Digest,
-        #[source]
-        source: OciDistributionError,
+        /// The HTTP status, if the registry answered.
+        status: Option<u16>,
+        reason: String,
     },
     #[error(
         "blob `{digest}` in `{reference}` is not the {size} bytes its descriptor says: from byte \
@@ -169,6 +169,8 @@ impl Registry {
             .user_agent(concat!("modelcrypt/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(120))
+            // A redirect must not take a TLS registry's manifest or blob to plain HTTP.
+            .https_only(!opts.plain_http)
             .build()
             .map_err(|e| RegistryError::Http {
                 reference: format!("docker://{}", reference.whole()),
@@ -289,7 +291,9 @@ impl Registry {
         )))
     }
 
-    /// [`Registry::blob`] as the pieces the HTTP client received, without copying them.
+    /// [`Registry::blob`] as the pieces the HTTP client received, without copying them. Our
+    /// own GET (oci-client reads error bodies whole): an error body is quoted bounded and
+    /// escaped, and a redirect to a CDN gets no credentials (reqwest drops them across hosts).
     pub async fn blob_chunks(
         &self,
         desc: &Descriptor,
@@ -300,30 +304,43 @@ impl Registry {
         if desc.size == 0 && offset == 0 {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
-        let oci = to_oci(desc);
-        let err = |source| RegistryError::Pull {
+        let err = |status: Option<u16>, reason: String| RegistryError::Pull {
             reference: self.name(),
             digest: desc.digest.clone(),
-            source,
+            status,
+            reason,
         };
-        let sized = match self
-            .client
-            .pull_blob_stream_partial(&self.reference, &oci, offset, None)
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            self.base_url(),
+            self.reference.repository(),
+            desc.digest
+        );
+        let resp = self
+            .authed(self.http.get(&url))
+            .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+            .send()
             .await
-            .map_err(err)?
-        {
-            BlobResponse::Partial(s) => s,
+            .map_err(|e| err(None, error_chain(&e)))?;
+        let status = resp.status();
+        match status.as_u16() {
+            206 => {}
             // A registry that ignores Range sends the whole blob; only usable from the start.
-            BlobResponse::Full(s) if offset == 0 => s,
-            BlobResponse::Full(_) => {
-                return Err(err(OciDistributionError::GenericError(Some(
+            200 if offset == 0 => {}
+            200 => {
+                return Err(err(
+                    Some(200),
                     "the registry ignored the Range request".into(),
-                ))))
+                ))
             }
-        };
+            code => {
+                let text = bounded_text(resp).await;
+                return Err(err(Some(code), format!("{status}: {text}")));
+            }
+        }
         // A length that disagrees with the descriptor will not get better by asking again.
         let expected = desc.size.saturating_sub(offset);
-        if let Some(actual) = sized.content_length.filter(|&n| n != expected) {
+        if let Some(actual) = resp.content_length().filter(|&n| n != expected) {
             return Err(RegistryError::BlobLength {
                 reference: self.name(),
                 digest: desc.digest.clone(),
@@ -332,7 +349,7 @@ impl Registry {
                 actual,
             });
         }
-        Ok(sized.stream)
+        Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool, RegistryError> {
@@ -507,17 +524,6 @@ impl Registry {
 
     pub fn reference(&self) -> &Reference {
         &self.reference
-    }
-}
-
-fn to_oci(d: &Descriptor) -> OciDescriptor {
-    OciDescriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.to_string(),
-        size: d.size as i64,
-        urls: d.urls.clone(),
-        annotations: None,
-        artifact_type: None,
     }
 }
 

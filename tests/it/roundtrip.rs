@@ -637,6 +637,15 @@ fn logs_and_errors_are_json_lines_when_stdout_is_not_a_terminal() {
     );
     assert_eq!(last["exit_code"].as_u64(), out.code().map(|c| c as u64));
     assert!(!dest.exists());
+    // Silencing the logs does not silence the failure.
+    let quiet = crate::common::Cmd::modelcrypt()
+        .env_remove("MODELCRYPT_LOG_FORMAT")
+        .env("MODELCRYPT_LOG", "off")
+        .args(["pull", &missing, "--to"])
+        .arg(&dest)
+        .run();
+    let line: serde_json::Value = serde_json::from_str(quiet.stderr.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR", "{quiet}");
 
     // The summary is an event too; `--log-format text` brings the human form back.
     let demo = format!("oci:{}/demo/tiny-model.oci:v1", env!("CARGO_MANIFEST_DIR"));
@@ -763,4 +772,28 @@ fn small_layers_never_wait_behind_a_large_one() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Directories the artifact never lists (a raw layer's `sub/` parent) get the same readable,
+/// owner-only-writable mode as listed ones, whatever the umask of the init container.
+#[test]
+fn implied_directories_are_not_group_writable_under_a_permissive_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut layout = OciLayoutBuilder::new(tmp.path().join("layout"));
+    layout.add_raw_file(media::WEIGHT_RAW, "sub/deeper/w.safetensors", 0o644, b"w");
+    layout.write("v1");
+    let dest = tmp.path().join("out/m");
+    let out = crate::common::Cmd::new("sh")
+        .env("MODELCRYPT_LOG_FORMAT", "text")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\"", modelcrypt_bin()])
+        .args(["pull", &layout.reference("v1"), "--to"])
+        .arg(&dest)
+        .run();
+    assert_success(&out);
+    for dir in [dest.clone(), dest.join("sub"), dest.join("sub/deeper")] {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{}", dir.display());
+    }
+    let file = fs::metadata(dest.join("sub/deeper/w.safetensors")).unwrap();
+    assert_eq!(file.permissions().mode() & 0o7777, 0o644);
 }
