@@ -112,6 +112,14 @@ impl Error {
                 }
                 _ => {}
             },
+            Error::Pull(PullError::Broker {
+                source: crate::kbs::KbsError::Timeout { .. },
+                ..
+            }) => hints.push(
+                "the broker accepted the connection but did not answer: check its logs and its attestation \
+                 service, or allow more time with `--kbs-timeout`"
+                    .into(),
+            ),
             Error::Pull(PullError::Broker { source, .. }) => match source.kind() {
                 Some("PolicyDeny") => hints.push(
                     "the broker's resource policy refused this TEE; with the `sample` TEE the default \

@@ -218,6 +218,10 @@ pub struct BrokerArgs {
     /// the path can answer in its place. For demos on a private network only. Default: off.
     #[arg(long, env = MODELCRYPT_DANGEROUS_KBS_PLAIN_HTTP, value_parser = BoolishValueParser::new())]
     pub dangerous_kbs_plain_http: bool,
+    /// Seconds one key broker request may take. A broker that took a request and went
+    /// silent is not asked again. Default: 30.
+    #[arg(long, value_name = "SECONDS", env = MODELCRYPT_KBS_TIMEOUT, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub kbs_timeout: u64,
     /// A PEM CA certificate for an HTTPS key broker. Default: the system's roots.
     #[arg(long, value_name = "FILE", env = MODELCRYPT_KBS_CERT)]
     pub kbs_cert: Option<PathBuf>,

@@ -26,8 +26,11 @@ use crate::ocicrypt::provider::ResourceUri;
 use attester::Attester;
 
 pub const PROTOCOL_VERSION: &str = "0.4.0";
-/// Per request, as guest-components does (kbs.md §1.8).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per request unless `--kbs-timeout` says otherwise. A request that timed out is not sent
+/// again: a broker that took it and went silent will not answer a second one sooner.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting is quick or not at all; a refused or unreachable broker is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resource bodies larger than this are refused (KEKs and key files are tiny).
 const MAX_RESPONSE: usize = 1 << 20;
 const COOKIE: &str = "kbs-session-id";
@@ -49,6 +52,8 @@ pub enum KbsError {
         kind: String,
         detail: String,
     },
+    #[error("the key broker at `{url}` did not answer within {seconds} s")]
+    Timeout { url: String, seconds: u64 },
     #[error("the key broker's reply to `{path}` is malformed: {reason}")]
     Malformed { path: String, reason: String },
     #[error("the key broker sent no `{COOKIE}` cookie with its challenge")]
@@ -234,6 +239,8 @@ pub struct KbsConfig {
     pub tee_key: TeeKeyKind,
     /// Extra CA certificate (PEM) for an HTTPS broker.
     pub ca_pem: Option<Vec<u8>>,
+    /// How long one request may take. Default: [`DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
 }
 
 /// Whether a URL's host is this machine: such traffic must never go through `HTTP_PROXY`.
@@ -253,7 +260,8 @@ pub fn is_loopback(url: &str) -> bool {
 
 fn http_client(config: &KbsConfig) -> Result<reqwest::Client, KbsError> {
     let mut b = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
+        .timeout(config.timeout)
         .user_agent(concat!("modelcrypt/", env!("CARGO_PKG_VERSION")));
     if is_loopback(&config.url) {
         b = b.no_proxy();
@@ -271,26 +279,55 @@ fn http_client(config: &KbsConfig) -> Result<reqwest::Client, KbsError> {
     })
 }
 
+/// The broker as every state talks to it.
+struct Peer {
+    http: reqwest::Client,
+    /// `http(s)://host:port`, without a trailing slash.
+    base: String,
+    timeout: Duration,
+}
+
+impl Peer {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, KbsError> {
+        request.send().await.map_err(|e| self.request_error(e))
+    }
+
+    /// A timeout after connecting is the broker's silence, not its absence: not retried.
+    fn request_error(&self, source: reqwest::Error) -> KbsError {
+        if source.is_timeout() && !source.is_connect() {
+            return KbsError::Timeout {
+                url: self.base.clone(),
+                seconds: self.timeout.as_secs(),
+            };
+        }
+        KbsError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+}
+
 /// First state: nothing sent yet.
 pub struct ExpectChallenge {
     tee_key: TeeKeyKind,
-    http: reqwest::Client,
-    base: String,
+    peer: Peer,
 }
 
 /// Second state: the challenge arrived and the session cookie is set.
 pub struct ExpectAttestResult {
     tee_key: TeeKeyKind,
-    http: reqwest::Client,
-    base: String,
+    peer: Peer,
     session: String,
     challenge: Challenge,
 }
 
 /// Attested: resources can be fetched with the session cookie and the token.
 pub struct Authenticated {
-    http: reqwest::Client,
-    base: String,
+    peer: Peer,
     session: String,
     token: String,
     key: TeeKey,
@@ -300,8 +337,11 @@ impl ExpectChallenge {
     pub fn new(config: &KbsConfig) -> Result<ExpectChallenge, KbsError> {
         Ok(ExpectChallenge {
             tee_key: config.tee_key,
-            http: http_client(config)?,
-            base: config.url.trim_end_matches('/').to_string(),
+            peer: Peer {
+                http: http_client(config)?,
+                base: config.url.trim_end_matches('/').to_string(),
+                timeout: config.timeout,
+            },
         })
     }
 
@@ -313,22 +353,18 @@ impl ExpectChallenge {
             extra_params: serde_json::json!({"supported-hash-algorithms": ["sha256", "sha384", "sha512"]}),
         };
         let path = AUTH_PATH;
-        let resp = send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .json(&request),
-            &self.base,
-        )
-        .await?;
+        let peer = self.peer;
+        let resp = peer
+            .send(peer.http.post(peer.url(path)).json(&request))
+            .await?;
         // The status first: an error reply carries no cookie, and its body says why.
         let session = session_cookie(&resp);
-        let body = read_body(resp, path).await?;
+        let body = read_body(&peer, resp, path).await?;
         let session = session.ok_or(KbsError::NoSession)?;
         let challenge = parse_challenge(&body)?;
         Ok(ExpectAttestResult {
             tee_key: self.tee_key,
-            http: self.http,
-            base: self.base,
+            peer,
             session,
             challenge,
         })
@@ -357,19 +393,19 @@ impl ExpectAttestResult {
         };
         let path = ATTEST_PATH;
         let request = self
+            .peer
             .http
-            .post(format!("{}{path}", self.base))
+            .post(self.peer.url(path))
             .header(
                 reqwest::header::COOKIE,
                 format!("{COOKIE}={}", self.session),
             )
             .json(&attestation);
-        let resp = send(request, &self.base).await?;
-        let body = read_body(resp, path).await?;
+        let resp = self.peer.send(request).await?;
+        let body = read_body(&self.peer, resp, path).await?;
         let token = parse_attest_reply(&body)?;
         Ok(Authenticated {
-            http: self.http,
-            base: self.base,
+            peer: self.peer,
             session: self.session,
             token,
             key,
@@ -382,15 +418,16 @@ impl Authenticated {
     pub async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, KbsError> {
         let path = format!("/kbs/v0/resource/{}", uri.path());
         let request = self
+            .peer
             .http
-            .get(format!("{}{path}", self.base))
+            .get(self.peer.url(&path))
             .header(
                 reqwest::header::COOKIE,
                 format!("{COOKIE}={}", self.session),
             )
             .bearer_auth(&self.token);
-        let resp = send(request, &self.base).await?;
-        let body = read_body(resp, &path).await?;
+        let resp = self.peer.send(request).await?;
+        let body = read_body(&self.peer, resp, &path).await?;
         jwe::unwrap(&body, std::slice::from_ref(&self.key.private)).map_err(|source| {
             KbsError::Decrypt {
                 resource: uri.to_string(),
@@ -400,24 +437,17 @@ impl Authenticated {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder, base: &str) -> Result<reqwest::Response, KbsError> {
-    request
-        .send()
-        .await
-        .map_err(|source| KbsError::Unreachable {
-            url: base.to_string(),
-            source,
-        })
-}
-
 /// The body of a 2xx reply (bounded), or Trustee's error body as a typed error.
-async fn read_body(resp: reqwest::Response, path: &str) -> Result<Vec<u8>, KbsError> {
+async fn read_body(peer: &Peer, resp: reqwest::Response, path: &str) -> Result<Vec<u8>, KbsError> {
     let status = resp.status();
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     use futures_util::StreamExt;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| malformed(path, e.to_string()))?;
+        let chunk = chunk.map_err(|e| match e.is_timeout() {
+            true => peer.request_error(e),
+            false => malformed(path, e.to_string()),
+        })?;
         if body.len() + chunk.len() > MAX_RESPONSE {
             return Err(malformed(path, format!("reply over {MAX_RESPONSE} bytes")));
         }

@@ -735,8 +735,11 @@ impl Jwe {
             refuse_extensions(header)?;
         }
         let enc = match shared.get("enc") {
-            Some(Value::String(enc)) => ContentAlg::parse(enc)
-                .ok_or_else(|| JweError::UnsupportedEnc { enc: enc.clone() })?,
+            Some(Value::String(enc)) => {
+                ContentAlg::parse(enc).ok_or_else(|| JweError::UnsupportedEnc {
+                    enc: crate::extract::shown(enc),
+                })?
+            }
             Some(_) => return Err(malformed("`enc` is not a string")),
             None => return Err(malformed("missing `enc` in the protected or shared header")),
         };
@@ -790,7 +793,9 @@ impl Jwe {
 fn refuse_extensions(header: &Map<String, Value>) -> Result<(), JweError> {
     if let Some(zip) = header.get("zip") {
         let zip = zip.as_str().map_or_else(|| zip.to_string(), str::to_owned);
-        return Err(JweError::Compressed { zip });
+        return Err(JweError::Compressed {
+            zip: crate::extract::shown(&zip),
+        });
     }
     if let Some(crit) = header.get("crit") {
         return Err(JweError::Critical {
@@ -861,7 +866,9 @@ impl<'a> Prepared<'a> {
         let get = |name: &str| shared.get(name).or_else(|| recipient.header.get(name));
         let alg = match get("alg") {
             Some(Value::String(alg)) => {
-                KeyMgmt::parse(alg).ok_or_else(|| JweError::UnsupportedAlg { alg: alg.clone() })?
+                KeyMgmt::parse(alg).ok_or_else(|| JweError::UnsupportedAlg {
+                    alg: crate::extract::shown(alg),
+                })?
             }
             Some(_) => return Err(malformed(format!("entry {index}: `alg` is not a string"))),
             None => return Err(malformed(format!("entry {index}: missing `alg`"))),

@@ -119,7 +119,7 @@ pub struct ResourceUri {
 
 impl ResourceUri {
     pub fn parse(s: &str) -> Result<ResourceUri, ProviderError> {
-        let bad = || ProviderError::Kid(s.to_string());
+        let bad = || ProviderError::Kid(crate::extract::shown(s));
         let rest = s.strip_prefix("kbs://").ok_or_else(bad)?;
         let (_, path) = rest.split_once('/').ok_or_else(bad)?;
         let path = path.split('?').next().unwrap_or(path);
@@ -177,17 +177,21 @@ impl AnnotationPacket {
             serde_json::from_slice(raw).map_err(|e| ProviderError::Json(e.to_string()))?;
         if let Some(v) = p.version.as_deref() {
             if v != "0.1.0" {
-                return Err(ProviderError::Version(v.into()));
+                return Err(ProviderError::Version(crate::extract::shown(v)));
             }
         }
         if let Some(provider) = p.provider.as_deref() {
             if provider != "kbs" {
-                return Err(ProviderError::Provider(provider.into()));
+                return Err(ProviderError::Provider(crate::extract::shown(provider)));
             }
         }
         match p.wrap_type.as_deref() {
             Some(WRAP_TYPE) => {}
-            other => return Err(ProviderError::WrapType(other.unwrap_or("(missing)").into())),
+            other => {
+                return Err(ProviderError::WrapType(crate::extract::shown(
+                    other.unwrap_or("(missing)"),
+                )))
+            }
         }
         ResourceUri::parse(&p.kid)?;
         Ok(p)

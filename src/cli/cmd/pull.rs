@@ -145,6 +145,7 @@ fn broker(a: &BrokerArgs) -> Result<Option<Arc<Broker>>, Error> {
             url: url.clone(),
             tee_key,
             ca_pem,
+            timeout: std::time::Duration::from_secs(a.kbs_timeout),
         },
         attester,
     ))))
