@@ -32,9 +32,9 @@ use super::LayerError;
 /// Bytes per chunk: large writes and few channel hand-offs, small enough to bound memory.
 pub const CHUNK: usize = 1 << 20;
 /// Received pieces at least this large are passed on without being gathered (copied).
-const PASS_THROUGH: usize = 64 * 1024;
+const PASS_THROUGH: usize = 256 * 1024;
 /// Chunks a stage may run ahead of the next one.
-pub const QUEUE: usize = 3;
+pub const QUEUE: usize = 5;
 /// Attempts in a row that may fail without receiving a byte before a layer gives up.
 pub const MAX_FAILURES: u32 = 5;
 /// Resumes per layer in all, so a registry that sends a few bytes per connection ends too.
