@@ -161,11 +161,11 @@ pub struct PullArgs {
     /// volume, such as `/models/qwen3`.
     #[arg(long, env = MODELCRYPT_TO, value_name = "DIR")]
     pub to: PathBuf,
-    /// Layers fetched at once: up to N large ones (64 MiB and up) and, beside them, up to N
-    /// small ones, so a small layer never waits behind a large one. Default: half the CPU
-    /// cores, at least 2 (each large layer keeps about two cores hashing).
-    #[arg(long, env = MODELCRYPT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub concurrency: Option<u16>,
+    /// Layers fetched at once. Large layers (64 MiB and up, biggest first) take at most half
+    /// the cores' worth of them, the rest serve small layers, so a small layer never waits
+    /// behind a large one; 1 means one layer at a time. Default: 4.
+    #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -329,7 +329,7 @@ mod tests {
         let Command::Pull(p) = parse(&["pull", "oci:x", "--to", "/m"]).command else {
             panic!()
         };
-        assert_eq!(p.concurrency, None);
+        assert_eq!(p.concurrency, 4);
     }
 
     #[test]

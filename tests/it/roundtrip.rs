@@ -715,8 +715,8 @@ fn a_volume_too_small_is_refused_up_front_with_the_size_needed() {
     assert_eq!(dir_names(&volume), Vec::<String>::new(), "nothing left");
 }
 
-/// With one slot for large layers, the small layers are not queued behind the large one: they
-/// land while the large one is still in transfer (here: blocked on a FIFO forever).
+/// With two slots (one for large layers, one for small), the small layers are not queued
+/// behind the large one: they land while it is still in transfer (blocked on a FIFO forever).
 #[test]
 fn small_layers_never_wait_behind_a_large_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -744,7 +744,7 @@ fn small_layers_never_wait_behind_a_large_one() {
             &reference,
             "--no-progress",
             "--concurrency",
-            "1",
+            "2",
             "--to",
         ])
         .arg(&dest)

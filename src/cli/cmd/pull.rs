@@ -43,9 +43,7 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
         } else {
             Modes::Readable
         },
-        concurrency: a
-            .concurrency
-            .map_or_else(pull::default_concurrency, usize::from),
+        concurrency: a.concurrency.into(),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
     let reporter: Arc<dyn Reporter> = match &bars {
