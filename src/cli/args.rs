@@ -161,9 +161,9 @@ pub struct PullArgs {
     /// volume, such as `/models/qwen3`.
     #[arg(long, env = MODELCRYPT_TO, value_name = "DIR")]
     pub to: PathBuf,
-    /// Layers fetched at once. Large layers (64 MiB and up, biggest first) take at most half
-    /// the cores' worth of them, the rest serve small layers, so a small layer never waits
-    /// behind a large one; 1 means one layer at a time. Default: 4.
+    /// Layers fetched at once. Large layers (64 MiB and up, biggest first) take at most one
+    /// per core of them, the rest serve small layers, so a small layer never waits behind a
+    /// large one; 1 means one layer at a time. Default: 4.
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
     #[command(flatten)]

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::stream::{ChunkReader, QUEUE};
+use super::stream::ChunkReader;
 use crate::digest::{BlobVerifier, Verified};
 use crate::extract::{self, ExtractError, Extractor, FileAttrs, SafeRelPath, Written};
 use crate::manifest::Descriptor;
@@ -145,6 +145,7 @@ pub fn run(
     chunks: mpsc::Receiver<Bytes>,
     ex: &Extractor,
     cancelled: Arc<AtomicBool>,
+    queue: usize,
 ) -> Result<(Written, LayerProof), LayerError> {
     let mut verifier = BlobVerifier::new(plan.desc.digest.clone(), plan.desc.size);
     let (mac, cipher) = match &plan.decrypt {
@@ -158,7 +159,7 @@ pub fn run(
         ),
     };
     std::thread::scope(|s| {
-        let (digest_tx, digest_rx) = sync_channel::<Bytes>(QUEUE);
+        let (digest_tx, digest_rx) = sync_channel::<Bytes>(queue);
         // Named threads, so profiles and `top -H` show which stage is busy.
         let digest = std::thread::Builder::new()
             .name("mc-digest".into())
@@ -171,7 +172,7 @@ pub fn run(
             .map_err(LayerError::Source)?;
         let mut hashers = vec![digest_tx];
         let hmac = mac.map(|mut mac| {
-            let (tx, rx) = sync_channel::<Bytes>(QUEUE);
+            let (tx, rx) = sync_channel::<Bytes>(queue);
             hashers.push(tx);
             std::thread::Builder::new()
                 .name("mc-hmac".into())
