@@ -268,8 +268,11 @@ enum Direction {
     Decrypt(Arc<ocicrypt::LayerDecryption>),
 }
 
-/// Output chunks handed to the upload; two in flight bound the memory.
-const CHANNEL_CHUNK: usize = 4 << 20;
+/// Output chunks handed to the upload, [`CHANNEL_DEPTH`] in flight: the streamed upload has no
+/// chunk boundaries to fill, so small chunks only bound memory (4 MiB ones, two deep, took two
+/// layers at once to 70 MiB).
+const CHANNEL_CHUNK: usize = 1 << 20;
+const CHANNEL_DEPTH: usize = 3;
 
 /// A `Write` that sends full chunks to the uploading task.
 struct ChannelWriter {
@@ -366,7 +369,7 @@ async fn transform(
     dir: Direction,
 ) -> Result<(Digest, u64, Option<[u8; HMAC_LEN]>), LayerCryptError> {
     let source = src.blob(desc, 0).await.map_err(LayerCryptError::Store)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     let desc2 = desc.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let mut w = ChannelWriter {
