@@ -154,14 +154,22 @@ impl Error {
 }
 
 fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
+    messages(e).join("\n")
+}
+
+/// The messages of `e` and its sources, in order, each once: `#[error(transparent)]` layers
+/// repeat their inner message.
+pub(crate) fn messages(e: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
-        text.push('\n');
-        text.push_str(&s.to_string());
+        let text = s.to_string();
+        if out.last() != Some(&text) {
+            out.push(text);
+        }
         cur = s.source();
     }
-    text
+    out
 }
 
 /// A key-broker failure outside a pull's layers (fetching a `kbs://` private key, setup).

@@ -171,21 +171,9 @@ fn log_error(e: &Error) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// The messages of `e`'s sources, each once: `#[error(transparent)]` layers repeat their inner
-/// message.
+/// The messages of `e`'s sources, each once.
 fn causes(e: &Error) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = std::error::Error::source(e);
-    let mut last = e.to_string();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if text != last {
-            out.push(text.clone());
-        }
-        last = text;
-        cur = s.source();
-    }
-    out
+    crate::error::messages(e).split_off(1)
 }
 
 /// Bytes in decimal units (kB, MB, GB: powers of 10, as the benchmarks quote them).

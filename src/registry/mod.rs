@@ -44,17 +44,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// An error and its causes on one line (reqwest's outer message alone hides the reason).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
+    crate::error::messages(e).join(": ")
 }
 
 /// Upload chunk: big enough to keep round trips few, small enough to bound memory and stay
@@ -243,34 +233,8 @@ impl Registry {
         };
         let response = request.send().await.map_err(|e| err(error_chain(&e)))?;
         let status = response.status();
-        let limit = if status.is_success() {
-            crate::manifest::MAX_MANIFEST_BYTES
-        } else {
-            ERROR_BODY_LIMIT
-        };
-        if status.is_success() && response.content_length().unwrap_or(0) > limit as u64 {
-            return Err(RegistryError::ManifestTooLarge {
-                reference: self.name(),
-                limit,
-            });
-        }
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| err(error_chain(&e)))?;
-            if body.len() + piece.len() > limit {
-                if status.is_success() {
-                    return Err(RegistryError::ManifestTooLarge {
-                        reference: self.name(),
-                        limit,
-                    });
-                }
-                break; // enough of an error body to quote
-            }
-            body.extend_from_slice(&piece);
-        }
         if !status.is_success() {
-            let text = crate::extract::shown(&String::from_utf8_lossy(&body));
+            let text = bounded_text(response).await;
             return Err(err(format!(
                 "{url} answered {status}{}",
                 if text.is_empty() {
@@ -279,6 +243,23 @@ impl Registry {
                     format!(": {text}")
                 }
             )));
+        }
+        let limit = crate::manifest::MAX_MANIFEST_BYTES;
+        let too_large = || RegistryError::ManifestTooLarge {
+            reference: self.name(),
+            limit,
+        };
+        if response.content_length().unwrap_or(0) > limit as u64 {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| err(error_chain(&e)))?;
+            if body.len() + piece.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&piece);
         }
         Ok(body)
     }
