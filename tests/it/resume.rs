@@ -260,11 +260,19 @@ fn a_transfer_cut_three_times_resumes_from_the_last_byte_and_verifies() {
     );
 }
 
-#[test]
-fn the_registry_killed_mid_layer_and_restarted_does_not_fail_the_pull() {
-    if !require_peer("docker-registry") {
-        return;
-    }
+/// What a pull through a [`Cut::OnceAfterHandshake`] proxy left: its output, the proxy, the
+/// model it pulled and where it pulled to (under `tmp`).
+struct CutOnce {
+    out: RunOutput,
+    proxy: CuttingProxy,
+    model: PathBuf,
+    dest: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+/// Pulls the encrypted model through a proxy that stops 7 MiB into the big layer, does
+/// `to_registry` to the registry meanwhile, then cuts the connection.
+fn pull_cut_once(to_registry: impl FnOnce(&mut TestRegistry)) -> CutOnce {
     let mut reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let (model, kek) = encrypted_model(&reg, tmp.path());
@@ -273,15 +281,33 @@ fn the_registry_killed_mid_layer_and_restarted_does_not_fail_the_pull() {
     let cmd = pull_through(&proxy, &kek, &dest);
     let pull = std::thread::spawn(move || cmd.run());
 
-    // The pull is 7 MiB into the big layer; kill the registry under it and bring it back.
     let (events, go) = proxy.events.take().unwrap();
     events
         .recv_timeout(Duration::from_secs(120))
         .expect("the pull never reached the middle of the layer");
-    reg.restart();
+    to_registry(&mut reg);
     go.send(()).unwrap();
+    CutOnce {
+        out: pull.join().unwrap(),
+        proxy,
+        model,
+        dest,
+        tmp,
+    }
+}
 
-    let out = pull.join().unwrap();
+#[test]
+fn the_registry_killed_mid_layer_and_restarted_does_not_fail_the_pull() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let CutOnce {
+        out,
+        proxy,
+        model,
+        dest,
+        tmp: _tmp,
+    } = pull_cut_once(TestRegistry::restart);
     assert_delivered(&out, &model, &dest);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1);
     let served = proxy.served.load(Ordering::SeqCst);
@@ -297,22 +323,7 @@ fn a_registry_that_stays_down_fails_the_pull_after_bounded_retries_and_leaves_no
     if !require_peer("docker-registry") {
         return;
     }
-    let mut reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_model, kek) = encrypted_model(&reg, tmp.path());
-    let mut proxy = CuttingProxy::start(reg.port(), Cut::OnceAfterHandshake);
-    let dest = tmp.path().join("out/m");
-    let cmd = pull_through(&proxy, &kek, &dest);
-    let pull = std::thread::spawn(move || cmd.run());
-
-    let (events, go) = proxy.events.take().unwrap();
-    events
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the pull never reached the middle of the layer");
-    reg.stop();
-    go.send(()).unwrap();
-
-    let out = pull.join().unwrap();
+    let CutOnce { out, dest, tmp, .. } = pull_cut_once(TestRegistry::stop);
     assert_failure_contains(&out, &["transfer stopped at", "after 6 attempts"]);
     assert!(!dest.exists(), "nothing at the destination");
     assert_eq!(
