@@ -107,6 +107,11 @@ impl Store {
         })
     }
 
+    /// A registry on this machine (see [`Registry::is_loopback`]).
+    pub fn is_loopback_registry(&self) -> bool {
+        matches!(self, Store::Registry(r) if r.is_loopback())
+    }
+
     /// Streams a blob from `offset`; the caller verifies it.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, StoreError> {
         Ok(match self {
@@ -116,19 +121,26 @@ impl Store {
         })
     }
 
-    /// [`Store::blob`] as a stream of pieces: a registry's as received, a file's in `chunk`-byte
-    /// reads.
+    /// Bytes `range` of a blob as a stream of pieces: a registry's as received, a file's in
+    /// `chunk`-byte reads. A range that runs to the blob's end is open-ended, so a blob longer
+    /// than its descriptor still shows as longer (the caller's verifier reports it).
     pub async fn blob_chunks(
         &self,
         desc: &Descriptor,
-        offset: u64,
+        range: std::ops::Range<u64>,
         chunk: usize,
     ) -> Result<crate::registry::BlobStream, StoreError> {
+        use tokio::io::AsyncReadExt;
         Ok(match self {
-            Store::Registry(r) => r.blob_chunks(desc, offset).await?,
-            Store::Layout(_) | Store::Dir(_) => Box::pin(
-                tokio_util::io::ReaderStream::with_capacity(self.blob(desc, offset).await?, chunk),
-            ),
+            Store::Registry(r) => r.blob_chunks(desc, range).await?,
+            Store::Layout(_) | Store::Dir(_) => {
+                let reader = self.blob(desc, range.start).await?;
+                let reader: BlobReader = match range.end >= desc.size {
+                    true => reader,
+                    false => Box::pin(reader.take(range.end - range.start)),
+                };
+                Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, chunk))
+            }
         })
     }
 

@@ -60,6 +60,8 @@ pub enum LayerError {
         attempts: u32,
         last: String,
     },
+    #[error("the registry sent more than the bytes {start}-{} asked for", end - 1)]
+    RangeOverrun { start: u64, end: u64 },
     #[error("the layer's worker thread panicked")]
     Panicked,
     #[error("cancelled because another layer failed")]
@@ -145,6 +147,10 @@ pub struct PullOptions {
     pub broker: Option<Arc<crate::kbs::Broker>>,
     /// Permission bits at the destination. Default: readable by every user in the pod.
     pub modes: crate::extract::Modes,
+    /// Range requests in flight per large blob from a registry, when the network is what holds
+    /// the pull back (see [`stream::Ranges`]); 1 fetches each blob in one request. Default
+    /// (`None`): [`DEFAULT_PARALLEL_RANGES`], or 1 for a registry on this machine.
+    pub parallel_ranges: Option<usize>,
 }
 
 impl Default for PullOptions {
@@ -155,6 +161,7 @@ impl Default for PullOptions {
             allow_plain_layers: false,
             broker: None,
             modes: crate::extract::Modes::default(),
+            parallel_ranges: None,
         }
     }
 }
@@ -342,6 +349,11 @@ const LARGE_LAYER: u64 = 64 << 20;
 /// Layers fetched at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
+/// Range requests per large blob by default, from a registry that is not on this machine. On
+/// loopback there is no round trip to hide and the registry competes for our cores: measured
+/// on 2 cores, 4 took an encrypted 1.5 GB pull from 2.5 s to 2.9 s and 25 MiB more memory.
+pub const DEFAULT_PARALLEL_RANGES: usize = 4;
+
 /// How `concurrency` slots are split: large layers get one per core, at least 1 and at most
 /// all but one (measured on 2 cores: four encrypted 2 GB shards took 23 s one at a time and
 /// 13-16 s two at a time; shallower queues keep two within the memory budget), and small
@@ -375,8 +387,15 @@ async fn fetch_all(
         .partition(|p| small_slots == 0 || p.desc.size >= LARGE_LAYER);
     let queue = stream::queue_depth(large_slots.min(large.len()));
     let cancelled = Arc::new(AtomicBool::new(false));
+    let ranges = stream::Ranges::new(opts.parallel_ranges.unwrap_or(
+        match store.is_loopback_registry() {
+            true => 1,
+            false => DEFAULT_PARALLEL_RANGES,
+        },
+    ));
     let lane = |plans: Vec<LayerPlan>, width: usize| {
         let (ex, reporter, cancelled) = (ex.clone(), reporter.clone(), cancelled.clone());
+        let ranges = ranges.clone();
         futures_util::stream::iter(plans)
             .map(move |plan| {
                 fetch_one(
@@ -386,6 +405,7 @@ async fn fetch_all(
                     reporter.clone(),
                     cancelled.clone(),
                     queue,
+                    ranges.clone(),
                 )
             })
             .buffer_unordered(width.max(1))
@@ -428,6 +448,7 @@ async fn fetch_one(
     reporter: Arc<dyn Reporter>,
     cancelled: Arc<AtomicBool>,
     queue: usize,
+    ranges: stream::Ranges,
 ) -> (String, Result<(Written, LayerProof), LayerError>) {
     let label = plan.label();
     if cancelled.load(Ordering::Relaxed) {
@@ -443,7 +464,7 @@ async fn fetch_one(
         let consumer =
             tokio::task::spawn_blocking(move || layer::run(&plan, rx, &ex, consumer_cancel, queue));
         let progress = |n: u64| reporter.on_layer_progress(id, n);
-        let fetched = stream::fetch(store, &desc, tx, &progress, &cancelled).await;
+        let fetched = stream::fetch(store, &desc, tx, &progress, &cancelled, &ranges).await;
         let consumed = consumer.await.unwrap_or(Err(LayerError::Panicked));
         // A transfer that gave up explains the short stream the consumer saw, unless the
         // consumer refused what it had already received.
@@ -455,7 +476,13 @@ async fn fetch_one(
             (Ok(stats), consumed) => (consumed?, stats),
         };
         reporter.on_layer_done(id);
-        tracing::debug!(bytes = size, resumes = stats.resumes, "layer verified");
+        tracing::debug!(
+            bytes = size,
+            resumes = stats.resumes,
+            range_requests = stats.segments,
+            ahead = stats.ahead,
+            "layer verified"
+        );
         Ok(result)
     }
     .instrument(span)

@@ -3,6 +3,7 @@
 
 pub mod auth;
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -92,6 +93,8 @@ pub enum RegistryError {
         offset: u64,
         actual: u64,
     },
+    #[error("`{reference}` ignored a Range request for blob `{digest}` and sent all of it")]
+    RangeIgnored { reference: String, digest: Digest },
     #[error("cannot upload blob `{digest}` to `{reference}`")]
     Push {
         reference: String,
@@ -268,21 +271,21 @@ impl Registry {
     /// every byte itself, once, instead of twice.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, RegistryError> {
         Ok(Box::pin(StreamReader::new(
-            self.blob_chunks(desc, offset).await?,
+            self.blob_chunks(desc, offset..desc.size).await?,
         )))
     }
 
-    /// [`Registry::blob`] as the pieces the HTTP client received, without copying them. Our
-    /// own GET (oci-client reads error bodies whole): an error body is quoted bounded and
+    /// Bytes `range` of a blob as the pieces the HTTP client received, without copying them.
+    /// Our own GET (oci-client reads error bodies whole): an error body is quoted bounded and
     /// escaped, and a redirect to a CDN gets no credentials (reqwest drops them across hosts).
     pub async fn blob_chunks(
         &self,
         desc: &Descriptor,
-        offset: u64,
+        range: Range<u64>,
     ) -> Result<BlobStream, RegistryError> {
         // `Range: bytes=0-` on an empty blob is unsatisfiable (416); there is nothing to fetch,
         // and the caller's verifier still checks that the digest is the empty one.
-        if desc.size == 0 && offset == 0 {
+        if range.is_empty() {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
         let err = |status: Option<u16>, reason: String| RegistryError::Pull {
@@ -297,9 +300,16 @@ impl Registry {
             self.reference.repository(),
             desc.digest
         );
+        // To the end of the blob, open-ended: a blob longer than its descriptor still shows as
+        // such (the verifier reports it) instead of being cut to size.
+        let whole_tail = range.end >= desc.size;
+        let header = match whole_tail {
+            true => format!("bytes={}-", range.start),
+            false => format!("bytes={}-{}", range.start, range.end - 1),
+        };
         let resp = self
             .authed(self.http.get(&url))
-            .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+            .header(reqwest::header::RANGE, header)
             .send()
             .await
             .map_err(|e| err(None, error_chain(&e)))?;
@@ -307,12 +317,12 @@ impl Registry {
         match status.as_u16() {
             206 => {}
             // A registry that ignores Range sends the whole blob; only usable from the start.
-            200 if offset == 0 => {}
+            200 if range.start == 0 && whole_tail => {}
             200 => {
-                return Err(err(
-                    Some(200),
-                    "the registry ignored the Range request".into(),
-                ))
+                return Err(RegistryError::RangeIgnored {
+                    reference: self.name(),
+                    digest: desc.digest.clone(),
+                })
             }
             code => {
                 let text = bounded_text(resp).await;
@@ -320,13 +330,13 @@ impl Registry {
             }
         }
         // A length that disagrees with the descriptor will not get better by asking again.
-        let expected = desc.size.saturating_sub(offset);
+        let expected = range.end.min(desc.size) - range.start.min(desc.size);
         if let Some(actual) = resp.content_length().filter(|&n| n != expected) {
             return Err(RegistryError::BlobLength {
                 reference: self.name(),
                 digest: desc.digest.clone(),
                 size: desc.size,
-                offset,
+                offset: range.start,
                 actual,
             });
         }
@@ -503,12 +513,31 @@ impl Registry {
         Ok(())
     }
 
+    /// The registry runs on this machine (`localhost`, 127.0.0.0/8, `::1`): no round trip to
+    /// hide, and it shares our cores.
+    pub fn is_loopback(&self) -> bool {
+        is_loopback_host(self.reference.resolve_registry())
+    }
+
     pub fn reference(&self) -> &Reference {
         &self.reference
     }
 }
 
 /// Turns a reader into a stream of `PUSH_CHUNK`-sized buffers (the last one shorter).
+/// `host`, `host:port`, `[v6]:port` or `v6`: a loopback name or address?
+fn is_loopback_host(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None if registry.matches(':').count() == 1 => registry.split(':').next().unwrap_or(""),
+        None => registry,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn chunk_stream(
     reader: BlobReader,
     size: usize,
@@ -527,4 +556,34 @@ fn chunk_stream(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts_are_told_from_the_rest() {
+        for host in [
+            "localhost",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:443",
+            "[::1]:5000",
+            "::1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "registry.local:5000",
+            "10.0.0.1:5000",
+            "[fe80::1]:5000",
+            "192.0.2.2",
+            "localhost.example.com",
+            "quay.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! pull and a real `docker-registry` cuts the connection in the middle of a large encrypted
 //! layer (several times, or while the registry is killed and restarted) and counts every byte
 //! it forwarded; and a registry that stays down fails the pull after bounded retries, leaving
-//! nothing behind.
+//! nothing behind. The same proxy shows a large blob coming in parallel range requests, each
+//! of which resumes on its own, and a registry that ignores Range served in one request.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -25,11 +26,75 @@ const CUT_AFTER: u64 = 7 << 20;
 /// What the proxy does when a connection's response passes [`CUT_AFTER`] bytes.
 #[derive(Clone, Copy)]
 enum Cut {
+    /// Forward everything.
+    Never,
     /// Cut the first `n` such connections, then forward everything.
     Times(u32),
     /// Cut the first such connection, but only after the test answered the proxy's event
     /// (the test kills and restarts the registry meanwhile).
     OnceAfterHandshake,
+}
+
+/// How the proxy treats the traffic besides cutting it.
+#[derive(Clone, Copy)]
+struct Link {
+    cut: Cut,
+    /// Stop a connection that carries a bounded Range request (`bytes=A-B`, a segment of a
+    /// blob fetched in parallel) after [`GATE_AFTER`] bytes until this many such requests have
+    /// arrived: a pull that asked for one segment at a time would wait forever, so it proves
+    /// that they are in flight at once.
+    gate: u32,
+    /// Bytes per second per connection: a slow link, which the pull waits for.
+    rate: Option<u64>,
+    /// Remove `Range` headers, as a registry or cache that ignores them would.
+    strip_range: bool,
+}
+
+impl Link {
+    fn cut(cut: Cut) -> Link {
+        Link {
+            cut,
+            gate: 0,
+            rate: None,
+            strip_range: false,
+        }
+    }
+}
+
+/// Bytes a gated connection carries before it waits (see [`Link::gate`]).
+const GATE_AFTER: u64 = 6 << 20;
+
+/// How long a response waits at the gate before the proxy gives up on it.
+const GATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Bounded Range requests seen, and whether the gate ever gave up waiting.
+#[derive(Default)]
+struct Gate {
+    seen: Mutex<(u32, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn arrived(&self) {
+        self.seen.lock().unwrap().0 += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `n` bounded requests arrived; records a timeout.
+    fn wait_for(&self, n: u32) {
+        let seen = self.seen.lock().unwrap();
+        let (mut seen, timeout) = self
+            .changed
+            .wait_timeout_while(seen, GATE_WAIT, |(count, _)| *count < n)
+            .unwrap();
+        if timeout.timed_out() {
+            seen.1 = true;
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        self.seen.lock().unwrap().1
+    }
 }
 
 struct CuttingProxy {
@@ -39,12 +104,14 @@ struct CuttingProxy {
     cuts: Arc<AtomicU32>,
     /// The `Range` header of every request, as sent.
     ranges: Arc<Mutex<Vec<String>>>,
+    gate: Arc<Gate>,
     /// With [`Cut::OnceAfterHandshake`]: "a connection reached the cut" events, and the reply.
     events: Option<(Receiver<()>, Sender<()>)>,
 }
 
 impl CuttingProxy {
-    fn start(upstream_port: u16, cut: Cut) -> CuttingProxy {
+    fn start(upstream_port: u16, link: Link) -> CuttingProxy {
+        let cut = link.cut;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(AtomicU64::new(0));
@@ -53,13 +120,16 @@ impl CuttingProxy {
         let (event_tx, event_rx) = channel();
         let (go_tx, go_rx) = channel::<()>();
         let go_rx = Arc::new(Mutex::new(go_rx));
+        let gate = Arc::new(Gate::default());
         let budget = Arc::new(AtomicU32::new(match cut {
+            Cut::Never => 0,
             Cut::Times(n) => n,
             Cut::OnceAfterHandshake => 1,
         }));
         let handshake = matches!(cut, Cut::OnceAfterHandshake);
         {
-            let (served, cuts, ranges) = (served.clone(), cuts.clone(), ranges.clone());
+            let (served, cuts, ranges, gate) =
+                (served.clone(), cuts.clone(), ranges.clone(), gate.clone());
             // Leaked on purpose: it blocks in accept() until the test process exits.
             std::thread::spawn(move || {
                 for client in listener.incoming() {
@@ -70,6 +140,8 @@ impl CuttingProxy {
                         ranges: ranges.clone(),
                         budget: budget.clone(),
                         handshake: handshake.then(|| (event_tx.clone(), go_rx.clone())),
+                        gate: gate.clone(),
+                        link,
                     };
                     std::thread::spawn(move || conn.relay(client, upstream_port));
                 }
@@ -80,6 +152,7 @@ impl CuttingProxy {
             served,
             cuts,
             ranges,
+            gate,
             events: handshake.then_some((event_rx, go_tx)),
         }
     }
@@ -90,14 +163,41 @@ impl CuttingProxy {
 
     /// Range starts the pull asked for after the first request of each blob.
     fn resumed_offsets(&self) -> Vec<u64> {
+        self.parsed_ranges()
+            .into_iter()
+            .map(|(start, _)| start)
+            .filter(|&start| start > 0)
+            .collect()
+    }
+
+    /// Every Range as (first byte, last byte if bounded), in the order they arrived.
+    fn parsed_ranges(&self) -> Vec<(u64, Option<u64>)> {
         self.ranges
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|r| r.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
-            .filter(|&start: &u64| start > 0)
+            .map(|r| parse_range(r).unwrap_or_else(|| panic!("unexpected Range `{r}`")))
             .collect()
     }
+}
+
+fn parse_range(header: &str) -> Option<(u64, Option<u64>)> {
+    let (start, end) = header.strip_prefix("bytes=")?.split_once('-')?;
+    let end = match end {
+        "" => None,
+        end => Some(end.parse().ok()?),
+    };
+    Some((start.parse().ok()?, end))
+}
+
+/// True for a request head that asks for a bounded range (`Range: bytes=A-B`).
+fn asks_bounded_range(head: &str) -> bool {
+    head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("range")
+                && parse_range(value.trim()).is_some_and(|(_, end)| end.is_some())
+        })
+    })
 }
 
 /// The proxy's side of [`Cut::OnceAfterHandshake`]: announce the cut, wait for the go-ahead.
@@ -109,6 +209,8 @@ struct Conn {
     ranges: Arc<Mutex<Vec<String>>>,
     budget: Arc<AtomicU32>,
     handshake: Option<Handshake>,
+    gate: Arc<Gate>,
+    link: Link,
 }
 
 impl Conn {
@@ -117,30 +219,62 @@ impl Conn {
             return; // the registry is down: the pull sees its connection closed
         };
         let (mut c, mut u) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-        let ranges = self.ranges.clone();
+        let (ranges, gate, link) = (self.ranges.clone(), self.gate.clone(), self.link);
+        // Bounded Range requests on this connection, for the gate on the response side.
+        let (held_tx, held_rx) = channel::<()>();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
             while let Ok(n) = c.read(&mut buf) {
-                if n == 0 || u.write_all(&buf[..n]).is_err() {
+                if n == 0 {
                     break;
                 }
-                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                // A request head arrives in one piece: hyper writes it in one call.
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for line in head.lines() {
                     if let Some((name, value)) = line.split_once(':') {
                         if name.eq_ignore_ascii_case("range") {
                             ranges.lock().unwrap().push(value.trim().to_string());
                         }
                     }
                 }
+                if link.gate > 0 && asks_bounded_range(&head) {
+                    gate.arrived();
+                    let _ = held_tx.send(());
+                }
+                let sent = match link.strip_range {
+                    false => u.write_all(&buf[..n]),
+                    true => u.write_all(
+                        head.split_inclusive('\n')
+                            .filter(|l| !l.to_ascii_lowercase().starts_with("range:"))
+                            .collect::<String>()
+                            .as_bytes(),
+                    ),
+                };
+                if sent.is_err() {
+                    break;
+                }
             }
             let _ = u.shutdown(Shutdown::Write);
         });
         let mut buf = vec![0u8; 64 * 1024];
         let mut carried: u64 = 0;
+        let started = std::time::Instant::now();
+        let (mut bounded, mut gated) = (false, false);
         loop {
             let n = match upstream.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            bounded |= held_rx.try_recv().is_ok();
+            if self.link.gate > 0 && bounded && !gated && carried >= GATE_AFTER {
+                self.gate.wait_for(self.link.gate);
+                gated = true;
+            }
+            if let Some(rate) = self.link.rate {
+                // Pacing models the link; nothing waits on it to synchronise.
+                let due = started + Duration::from_secs_f64(carried as f64 / rate as f64);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
             let cut_here = carried + n as u64 > CUT_AFTER
                 && self
                     .budget
@@ -208,13 +342,18 @@ fn encrypted_model(reg: &TestRegistry, tmp: &Path) -> (PathBuf, PathBuf) {
     (model, kek)
 }
 
-fn pull_through(proxy: &CuttingProxy, kek: &Path, dest: &Path) -> Cmd {
-    Cmd::modelcrypt()
+/// A pull through the proxy, with `ranges` range requests per large blob (default: none given).
+fn pull_through(proxy: &CuttingProxy, kek: &Path, dest: &Path, ranges: Option<u32>) -> Cmd {
+    let cmd = Cmd::modelcrypt()
         .args(["--plain-http", "pull", &proxy.reference("models/big:v1")])
         .arg("--kek")
         .arg(kek)
         .arg("--to")
-        .arg(dest)
+        .arg(dest);
+    match ranges {
+        Some(n) => cmd.args(["--parallel-ranges", &n.to_string()]),
+        None => cmd,
+    }
 }
 
 /// Nothing but what the test made sits beside the destination.
@@ -236,9 +375,9 @@ fn a_transfer_cut_three_times_resumes_from_the_last_byte_and_verifies() {
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let (model, kek) = encrypted_model(&reg, tmp.path());
-    let proxy = CuttingProxy::start(reg.port(), Cut::Times(3));
+    let proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::Times(3)));
     let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest).run();
+    let out = pull_through(&proxy, &kek, &dest, Some(1)).run();
     assert_delivered(&out, &model, &dest);
 
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 3, "{out}");
@@ -270,15 +409,16 @@ struct CutOnce {
     tmp: tempfile::TempDir,
 }
 
-/// Pulls the encrypted model through a proxy that stops 7 MiB into the big layer, does
-/// `to_registry` to the registry meanwhile, then cuts the connection.
-fn pull_cut_once(to_registry: impl FnOnce(&mut TestRegistry)) -> CutOnce {
+/// Pulls the encrypted model (with `ranges`, see [`pull_through`]) through a proxy that stops
+/// 7 MiB into the big layer, does `to_registry` to the registry meanwhile, then cuts the
+/// connection.
+fn pull_cut_once(ranges: u32, to_registry: impl FnOnce(&mut TestRegistry)) -> CutOnce {
     let mut reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let (model, kek) = encrypted_model(&reg, tmp.path());
-    let mut proxy = CuttingProxy::start(reg.port(), Cut::OnceAfterHandshake);
+    let mut proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::OnceAfterHandshake));
     let dest = tmp.path().join("out/m");
-    let cmd = pull_through(&proxy, &kek, &dest);
+    let cmd = pull_through(&proxy, &kek, &dest, Some(ranges));
     let pull = std::thread::spawn(move || cmd.run());
 
     let (events, go) = proxy.events.take().unwrap();
@@ -307,7 +447,7 @@ fn the_registry_killed_mid_layer_and_restarted_does_not_fail_the_pull() {
         model,
         dest,
         tmp: _tmp,
-    } = pull_cut_once(TestRegistry::restart);
+    } = pull_cut_once(1, TestRegistry::restart);
     assert_delivered(&out, &model, &dest);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1);
     let served = proxy.served.load(Ordering::SeqCst);
@@ -323,12 +463,225 @@ fn a_registry_that_stays_down_fails_the_pull_after_bounded_retries_and_leaves_no
     if !require_peer("docker-registry") {
         return;
     }
-    let CutOnce { out, dest, tmp, .. } = pull_cut_once(TestRegistry::stop);
+    let CutOnce { out, dest, tmp, .. } = pull_cut_once(1, TestRegistry::stop);
     assert_failure_contains(&out, &["transfer stopped at", "after 6 attempts"]);
+    assert_nothing_left(&dest, tmp.path());
+}
+
+#[test]
+fn a_registry_that_stays_down_fails_a_pull_in_parallel_ranges_and_leaves_nothing() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let CutOnce { out, dest, tmp, .. } = pull_cut_once(4, TestRegistry::stop);
+    assert_failure_contains(&out, &["transfer stopped at", "attempts"]);
+    assert_nothing_left(&dest, tmp.path());
+}
+
+fn assert_nothing_left(dest: &Path, tmp: &Path) {
     assert!(!dest.exists(), "nothing at the destination");
     assert_eq!(
-        dir_names(&tmp.path().join("out")),
+        dir_names(&tmp.join("out")),
         Vec::<String>::new(),
         "no staging left"
     );
+}
+
+/// Segment size of a blob fetched in parallel ranges (the pull's `SEGMENT`, 8 MiB).
+const SEGMENT: u64 = 8 << 20;
+
+/// The ranges a [`WEIGHTS_LEN`] blob is split into: 8 MiB segments, the last one open-ended.
+fn segments() -> Vec<(u64, Option<u64>)> {
+    let len = WEIGHTS_LEN as u64;
+    (0..len)
+        .step_by(SEGMENT as usize)
+        .map(|start| (start, (start + SEGMENT < len).then(|| start + SEGMENT - 1)))
+        .collect()
+}
+
+/// The Ranges of the big blob's requests (the small layers ask for `bytes=0-`).
+fn blob_ranges(proxy: &CuttingProxy) -> Vec<(u64, Option<u64>)> {
+    let mut ranges: Vec<_> = proxy
+        .parsed_ranges()
+        .into_iter()
+        .filter(|r| *r != (0, None))
+        .collect();
+    ranges.sort();
+    ranges
+}
+
+#[test]
+fn a_large_blob_comes_in_parallel_range_requests_each_byte_once() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, kek) = encrypted_model(&reg, tmp.path());
+    // A slow link the pull waits for; and no segment gets past 6 MiB before a second one is
+    // asked for: one at a time would never finish.
+    let proxy = CuttingProxy::start(
+        reg.port(),
+        Link {
+            gate: 2,
+            rate: Some(16 << 20),
+            ..Link::cut(Cut::Never)
+        },
+    );
+    let dest = tmp.path().join("out/m");
+    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    assert!(
+        !proxy.gate.timed_out(),
+        "segments were asked for one at a time: {out}"
+    );
+    assert_delivered(&out, &model, &dest);
+    assert_eq!(blob_ranges(&proxy), segments(), "{:?}", proxy.ranges);
+    let served = proxy.served.load(Ordering::SeqCst);
+    assert!(
+        served < WEIGHTS_LEN as u64 + SLACK,
+        "the proxy served {served} bytes for a {WEIGHTS_LEN}-byte blob: some twice"
+    );
+}
+
+#[test]
+fn a_cut_segment_resumes_within_its_own_range() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, kek) = encrypted_model(&reg, tmp.path());
+    let proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::Times(2)));
+    let dest = tmp.path().join("out/m");
+    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    assert_delivered(&out, &model, &dest);
+    assert_eq!(proxy.cuts.load(Ordering::SeqCst), 2, "{out}");
+    let served = proxy.served.load(Ordering::SeqCst);
+    assert!(
+        served < WEIGHTS_LEN as u64 + SLACK,
+        "served {served} bytes: refetched"
+    );
+    // Each resume starts inside a segment and asks for the rest of that segment only.
+    let segments = segments();
+    let resumed: Vec<_> = blob_ranges(&proxy)
+        .into_iter()
+        .filter(|r| !segments.contains(r))
+        .collect();
+    assert_eq!(resumed.len(), 2, "one resume per cut: {resumed:?}");
+    for (start, end) in resumed {
+        let segment = segments
+            .iter()
+            .find(|(s, e)| *s < start && e.is_none_or(|e| start <= e))
+            .unwrap_or_else(|| panic!("resume at {start} is in no segment"));
+        assert_eq!(
+            end, segment.1,
+            "the resume at {start} asks for its segment's rest"
+        );
+    }
+}
+
+#[test]
+fn a_registry_that_ignores_range_serves_the_blob_in_one_request() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, kek) = encrypted_model(&reg, tmp.path());
+    let proxy = CuttingProxy::start(
+        reg.port(),
+        Link {
+            strip_range: true,
+            ..Link::cut(Cut::Never)
+        },
+    );
+    let dest = tmp.path().join("out/m");
+    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    assert_delivered(&out, &model, &dest);
+    // It asked for segments, got whole blobs, and went on with one request from the start.
+    let ranges = blob_ranges(&proxy);
+    assert!(ranges.contains(&(0, Some(SEGMENT - 1))), "{ranges:?}");
+    assert!(
+        proxy
+            .parsed_ranges()
+            .iter()
+            .filter(|r| **r == (0, None))
+            .count()
+            >= 2,
+        "one whole-blob request for the big layer besides the small one: {:?}",
+        proxy.ranges
+    );
+}
+
+#[test]
+fn a_registry_on_this_machine_gets_one_request_per_blob_by_default() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, kek) = encrypted_model(&reg, tmp.path());
+    // Slow enough that a remote registry's pull would open more connections.
+    let proxy = CuttingProxy::start(
+        reg.port(),
+        Link {
+            rate: Some(16 << 20),
+            ..Link::cut(Cut::Never)
+        },
+    );
+    let dest = tmp.path().join("out/m");
+    let out = pull_through(&proxy, &kek, &dest, None).run();
+    assert_delivered(&out, &model, &dest);
+    assert_eq!(
+        blob_ranges(&proxy),
+        vec![],
+        "only `bytes=0-`: {:?}",
+        proxy.ranges
+    );
+}
+
+#[test]
+fn a_byte_changed_in_a_later_segment_fails_a_parallel_pull_and_leaves_nothing() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_model, kek) = encrypted_model(&reg, tmp.path());
+    // The big layer's blob is the largest file in the registry's storage.
+    let stored = walk_files(&reg.storage_root())
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    assert_eq!(bytes.len(), WEIGHTS_LEN);
+    bytes[(2 * SEGMENT + 12345) as usize] ^= 0x01;
+    std::fs::write(&stored, bytes).unwrap();
+
+    let proxy = CuttingProxy::start(
+        reg.port(),
+        Link {
+            gate: 2,
+            rate: Some(16 << 20),
+            ..Link::cut(Cut::Never)
+        },
+    );
+    let dest = tmp.path().join("out/m");
+    std::fs::create_dir(dest.parent().unwrap()).unwrap();
+    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    assert!(!proxy.gate.timed_out(), "segments one at a time: {out}");
+    assert_failure_contains(&out, &["digest mismatch"]);
+    assert_nothing_left(&dest, tmp.path());
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(walk_files(&path)),
+            false => files.push(path),
+        }
+    }
+    files
 }
