@@ -280,11 +280,16 @@ struct ChannelWriter {
     buf: Vec<u8>,
 }
 
+/// The producer's error when the upload hung up: the upload's own error is the one to report.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload stopped")]
+struct UploadStopped;
+
 impl ChannelWriter {
     fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
         self.tx
             .blocking_send(item)
-            .map_err(|_| io::Error::other("the upload stopped"))
+            .map_err(|_| io::Error::other(UploadStopped))
     }
 }
 
@@ -396,9 +401,20 @@ async fn transform(
     let produced = producer
         .await
         .map_err(|e| LayerCryptError::Io(io::Error::other(e)))?;
-    // The producer's error explains why an upload failed.
-    let (size, hmac) = produced?;
-    let (digest, stored_size) = stored.map_err(LayerCryptError::Store)?;
+    // Whichever side stopped first explains the failure: the producer's error (a bad source
+    // blob, say) ended the upload, or the registry refused the upload (a full disk, say) and
+    // the producer only saw it hang up.
+    let (size, hmac, (digest, stored_size)) = match (produced, stored) {
+        (Err(LayerCryptError::Io(e)), Err(refused))
+            if e.get_ref().is_some_and(|e| e.is::<UploadStopped>()) =>
+        {
+            return Err(LayerCryptError::Store(refused))
+        }
+        (produced, stored) => {
+            let (size, hmac) = produced?;
+            (size, hmac, stored.map_err(LayerCryptError::Store)?)
+        }
+    };
     if stored_size != size {
         return Err(LayerCryptError::Io(io::Error::other(format!(
             "stored {stored_size} bytes, produced {size}"

@@ -33,7 +33,45 @@ async fn bounded_text(resp: reqwest::Response) -> String {
             break;
         }
     }
-    crate::extract::shown(&String::from_utf8_lossy(&body))
+    crate::extract::shown(&error_body_text(&String::from_utf8_lossy(&body)))
+}
+
+/// The distribution spec's error body (`{"errors":[{"code","message","detail"}]}`) as
+/// `CODE: message (detail)`, so the part that explains (a full disk, say) fits in a message;
+/// any other body as it is.
+fn error_body_text(body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        detail: serde_json::Value,
+    }
+    let Ok(parsed) = serde_json::from_str::<Body>(body) else {
+        return body.to_string();
+    };
+    if parsed.errors.is_empty() {
+        return body.to_string();
+    }
+    let entries: Vec<String> = parsed
+        .errors
+        .iter()
+        .map(|e| {
+            let detail = match &e.detail {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => format!(" ({s})"),
+                other => format!(" ({other})"),
+            };
+            format!("{}: {}{detail}", e.code, e.message)
+        })
+        .collect();
+    entries.join("; ")
 }
 
 /// Body pieces of a streamed upload: the stream has no chunk boundaries to respect, so small
@@ -472,8 +510,10 @@ impl Registry {
     async fn upload_location(&self, resp: reqwest::Response, url: &str) -> Result<String, String> {
         let status = resp.status();
         if status != reqwest::StatusCode::ACCEPTED {
+            // Without the query: an upload session's `_state` token says nothing to a reader.
+            let shown = url.split('?').next().unwrap_or(url);
             return Err(format!(
-                "{url} answered {status}: {}",
+                "{shown} answered {status}: {}",
                 bounded_text(resp).await
             ));
         }
@@ -560,7 +600,21 @@ fn chunk_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::{error_body_text, is_loopback_host};
+
+    #[test]
+    fn distribution_error_bodies_are_shown_by_code_message_and_detail() {
+        let body = r#"{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":"write /x/data: no space left on device"}]}"#;
+        assert_eq!(
+            error_body_text(body),
+            "UNKNOWN: unknown error (write /x/data: no space left on device)"
+        );
+        let two = r#"{"errors":[{"code":"DENIED","message":"no"},{"code":"X","message":"y","detail":{"a":1}}]}"#;
+        assert_eq!(error_body_text(two), r#"DENIED: no; X: y ({"a":1})"#);
+        for other in ["not json", r#"{"errors":[]}"#, r#"{"message":"x"}"#, ""] {
+            assert_eq!(error_body_text(other), other);
+        }
+    }
 
     #[test]
     fn loopback_hosts_are_told_from_the_rest() {

@@ -175,7 +175,9 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// root (CAP_SYS_ADMIN); where mounting is impossible the test is skipped, unless
 /// `MODELCRYPT_REQUIRE_PEERS=1` turns the skip into a failure, as for a missing peer.
 pub(crate) struct Tmpfs {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// The mount point, when it is ours (see [`Tmpfs::mount`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
@@ -186,13 +188,26 @@ impl Tmpfs {
             .prefix("modelcrypt-tmpfs-")
             .tempdir()
             .expect("create a mount point");
+        let mut tmpfs = Tmpfs::mount_on(dir.path(), size)?;
+        tmpfs._dir = Some(dir);
+        Some(tmpfs)
+    }
+
+    /// A tmpfs over the existing directory `path` (hiding what it holds until unmounted).
+    #[track_caller]
+    pub(crate) fn mount_on(path: &Path, size: &str) -> Option<Tmpfs> {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
             .arg("modelcrypt-test")
-            .arg(dir.path())
+            .arg(path)
             .output();
         let reason = match out {
-            Ok(o) if o.status.success() => return Some(Tmpfs { dir }),
+            Ok(o) if o.status.success() => {
+                return Some(Tmpfs {
+                    path: path.to_path_buf(),
+                    _dir: None,
+                })
+            }
             Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
             Err(e) => format!("cannot run mount: {e}"),
         };
@@ -204,7 +219,7 @@ impl Tmpfs {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Bytes in use on the file system (what `df` shows as used).
@@ -217,16 +232,13 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let ok = Command::new("umount")
-            .arg(self.dir.path())
+            .arg(&self.path)
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
             // Busy (a test failed with a process still inside): detach it, so the temporary
             // directory can go and nothing stays mounted.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
 }
@@ -769,6 +781,33 @@ fn a_broker_that_never_answers_times_out_with_a_clear_error() {
     // One request timeout plus slack: a broker that took the request and went silent is not
     // worth more full timeouts of an init container's start.
     assert!(took < Duration::from_secs(30), "took {took:?}\n{out}");
+}
+
+#[test]
+fn an_encrypt_into_a_registry_whose_disk_fills_up_reports_the_registry_answer() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let Some(_full) = Tmpfs::mount_on(&reg.storage_root(), "2m") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _) = six_mib_layout(&tmp.path().join("layout"));
+    let (kek, _) = keygen_kek(tmp.path());
+    let out = modelcrypt([
+        "--plain-http",
+        "encrypt",
+        &format!("oci:{}:v1", layout.display()),
+        &reg.reference("models/full:v1"),
+        "--recipient",
+        "kbs:///default/key/1",
+        "--kek",
+        kek.to_str().unwrap(),
+    ]);
+    // The registry's refusal, not our side of the broken upload ("the upload stopped").
+    assert_failure_contains(&out, &["500", "no space left on device"]);
+    assert!(!out.stderr.contains("upload stopped"), "{out}");
 }
 
 // ------------------------------------------------------------------------------------------------
