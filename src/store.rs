@@ -123,23 +123,21 @@ impl Store {
 
     /// Bytes `range` of a blob as a stream of pieces: a registry's as received, a file's in
     /// `chunk`-byte reads. A range that runs to the blob's end is open-ended, so a blob longer
-    /// than its descriptor still shows as longer (the caller's verifier reports it).
+    /// than its descriptor still shows as longer (the caller's verifier reports it). Local
+    /// blobs are only read to their end (nothing splits them), so `range.end` is theirs.
     pub async fn blob_chunks(
         &self,
         desc: &Descriptor,
         range: std::ops::Range<u64>,
         chunk: usize,
     ) -> Result<crate::registry::BlobStream, StoreError> {
-        use tokio::io::AsyncReadExt;
         Ok(match self {
             Store::Registry(r) => r.blob_chunks(desc, range).await?,
             Store::Layout(_) | Store::Dir(_) => {
-                let reader = self.blob(desc, range.start).await?;
-                let reader: BlobReader = match range.end >= desc.size {
-                    true => reader,
-                    false => Box::pin(reader.take(range.end - range.start)),
-                };
-                Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, chunk))
+                Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                    self.blob(desc, range.start).await?,
+                    chunk,
+                ))
             }
         })
     }

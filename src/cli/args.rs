@@ -166,12 +166,14 @@ pub struct PullArgs {
     /// large one; 1 means one layer at a time. Default: 4.
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
-    /// Range requests at once for one large blob (16 MiB and up) from a registry, in 8 MiB
-    /// segments. Extra connections open only while the pull waits for the network (a long
-    /// round trip, a store that caps each connection) and hold at most 24 MiB ahead; 1 fetches
-    /// each blob in one request. Default: 4, or 1 for a registry on this machine (loopback),
-    /// which has no round trip to hide and shares our cores.
-    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    /// Range requests at once for one large blob (16 MiB and up) from a registry, in 4 MiB
+    /// segments delivered in order. The next segment is always asked for before the current
+    /// one ends; more only while the pull waits for the network rather than for the CPU (a
+    /// long round trip, a store that caps each connection). Segments fetched ahead share 16
+    /// MiB per pull, so at most 5 run at once; 1 fetches each blob in one request. Default:
+    /// 4, or 1 for a registry on this machine (loopback), which has no round trip to hide and
+    /// shares our cores.
+    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=5))]
     pub parallel_ranges: Option<u16>,
     #[command(flatten)]
     pub keys: KeyArgs,

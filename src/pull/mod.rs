@@ -51,7 +51,7 @@ pub enum LayerError {
     #[error(transparent)]
     Fetch(StoreError),
     #[error(
-        "the transfer stopped at {received} of {size} bytes after {attempts} attempts; \
+        "the transfer stopped at byte {received} of {size} after {attempts} attempts; \
          last error: {last}"
     )]
     Interrupted {

@@ -68,7 +68,10 @@ fn error_body_text(body: &str) -> String {
                 serde_json::Value::String(s) => format!(" ({s})"),
                 other => format!(" ({other})"),
             };
-            format!("{}: {}{detail}", e.code, e.message)
+            match e.code.is_empty() {
+                true => format!("{}{detail}", e.message),
+                false => format!("{}: {}{detail}", e.code, e.message),
+            }
         })
         .collect();
     entries.join("; ")
@@ -131,8 +134,12 @@ pub enum RegistryError {
         offset: u64,
         actual: u64,
     },
-    #[error("`{reference}` ignored a Range request for blob `{digest}` and sent all of it")]
-    RangeIgnored { reference: String, digest: Digest },
+    #[error("`{reference}` does not serve byte ranges of blob `{digest}` (it answered {status})")]
+    RangeUnsupported {
+        reference: String,
+        digest: Digest,
+        status: u16,
+    },
     #[error("cannot upload blob `{digest}` to `{reference}`")]
     Push {
         reference: String,
@@ -202,6 +209,9 @@ impl Registry {
             .read_timeout(Duration::from_secs(120))
             // A redirect must not take a TLS registry's manifest or blob to plain HTTP.
             .https_only(!opts.plain_http)
+            // Parallel range requests need connections of their own: over HTTP/2 they would
+            // share one, and its window or a per-connection cap with it.
+            .http1_only()
             .build()
             .map_err(|e| RegistryError::Http {
                 reference: format!("docker://{}", reference.whole()),
@@ -352,16 +362,18 @@ impl Registry {
             .await
             .map_err(|e| err(None, error_chain(&e)))?;
         let status = resp.status();
+        let unsupported = |status: u16| RegistryError::RangeUnsupported {
+            reference: self.name(),
+            digest: desc.digest.clone(),
+            status,
+        };
         match status.as_u16() {
             206 => {}
             // A registry that ignores Range sends the whole blob; only usable from the start.
             200 if range.start == 0 && whole_tail => {}
-            200 => {
-                return Err(RegistryError::RangeIgnored {
-                    reference: self.name(),
-                    digest: desc.digest.clone(),
-                })
-            }
+            200 => return Err(unsupported(200)),
+            // Servers that know only `bytes=N-` refuse a bounded range in these ways.
+            code @ (400 | 416 | 501) if !whole_tail => return Err(unsupported(code)),
             code => {
                 let text = bounded_text(resp).await;
                 return Err(err(Some(code), format!("{status}: {text}")));
@@ -509,9 +521,9 @@ impl Registry {
     /// registry: our credentials go with the next request.
     async fn upload_location(&self, resp: reqwest::Response, url: &str) -> Result<String, String> {
         let status = resp.status();
+        // Without the query: an upload session's `_state` token says nothing to a reader.
+        let shown = url.split('?').next().unwrap_or(url);
         if status != reqwest::StatusCode::ACCEPTED {
-            // Without the query: an upload session's `_state` token says nothing to a reader.
-            let shown = url.split('?').next().unwrap_or(url);
             return Err(format!(
                 "{shown} answered {status}: {}",
                 bounded_text(resp).await
@@ -521,7 +533,7 @@ impl Registry {
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| format!("{url} gave no upload location"))?;
+            .ok_or_else(|| format!("{shown} gave no upload location"))?;
         let base = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
         let joined = base
             .join(location)
@@ -565,17 +577,21 @@ impl Registry {
 }
 
 /// Turns a reader into a stream of `PUSH_CHUNK`-sized buffers (the last one shorter).
-/// `host`, `host:port`, `[v6]:port` or `v6`: a loopback name or address?
+/// `host`, `host:port`, `[v6]:port` or `v6`: a name or address of this machine (`localhost`
+/// and its subdomains, 127.0.0.0/8, `::1`, v4-mapped loopback, and the unspecified addresses,
+/// which connect locally)? Names that /etc/hosts maps here are not looked up.
 fn is_loopback_host(registry: &str) -> bool {
     let host = match registry.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None if registry.matches(':').count() == 1 => registry.split(':').next().unwrap_or(""),
         None => registry,
     };
-    host.eq_ignore_ascii_case("localhost")
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
 }
 
 fn chunk_stream(
@@ -611,6 +627,8 @@ mod tests {
         );
         let two = r#"{"errors":[{"code":"DENIED","message":"no"},{"code":"X","message":"y","detail":{"a":1}}]}"#;
         assert_eq!(error_body_text(two), r#"DENIED: no; X: y ({"a":1})"#);
+        let no_code = r#"{"errors":[{"message":"blob unknown"}]}"#;
+        assert_eq!(error_body_text(no_code), "blob unknown");
         for other in ["not json", r#"{"errors":[]}"#, r#"{"message":"x"}"#, ""] {
             assert_eq!(error_body_text(other), other);
         }
@@ -626,6 +644,11 @@ mod tests {
             "127.1.2.3:443",
             "[::1]:5000",
             "::1",
+            "localhost.:5000",
+            "registry.localhost:5000",
+            "[::ffff:127.0.0.1]:5000",
+            "0.0.0.0:5000",
+            "[::]:5000",
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
