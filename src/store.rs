@@ -107,11 +107,6 @@ impl Store {
         })
     }
 
-    /// A registry on this machine (see [`Registry::is_loopback`]).
-    pub fn is_loopback_registry(&self) -> bool {
-        matches!(self, Store::Registry(r) if r.is_loopback())
-    }
-
     /// Streams a blob from `offset`; the caller verifies it.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, StoreError> {
         Ok(match self {

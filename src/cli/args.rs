@@ -167,14 +167,14 @@ pub struct PullArgs {
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
     /// Range requests at once for one large blob (16 MiB and up) from a registry, in 4 MiB
-    /// segments delivered in order. The next segment is always asked for before the current
-    /// one ends; more only while the pull waits for the network rather than for the CPU (a
-    /// long round trip, a store that caps each connection). Segments fetched ahead share 16
-    /// MiB per pull, so at most 5 run at once; 1 fetches each blob in one request. Default:
-    /// 4, or 1 for a registry on this machine (loopback), which has no round trip to hide and
-    /// shares our cores.
-    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=5))]
-    pub parallel_ranges: Option<u16>,
+    /// segments delivered in order: for a registry or object store that caps each connection
+    /// (4 pulled 2.2x as fast through 80 MB/s per connection). The next segment is always asked
+    /// for before the current one ends; more only while the pull waits for the network.
+    /// Segments fetched ahead share 16 MiB per pull, so at most 5 run at once. Where one
+    /// connection is fast, each 4 MiB costs a round trip (half the speed over 20 ms): hence
+    /// the default, 1, one request per blob.
+    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub parallel_ranges: u16,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]

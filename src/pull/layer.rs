@@ -146,6 +146,7 @@ pub fn run(
     ex: &Extractor,
     cancelled: Arc<AtomicBool>,
     queue: usize,
+    starved: super::stream::Starved,
 ) -> Result<(Written, LayerProof), LayerError> {
     let mut verifier = BlobVerifier::new(plan.desc.digest.clone(), plan.desc.size);
     let (mac, cipher) = match &plan.decrypt {
@@ -185,7 +186,7 @@ pub fn run(
         });
         let hmac = hmac.transpose().map_err(LayerError::Source)?;
         let encrypted = hmac.is_some();
-        let mut source = ChunkReader::new(chunks, hashers, cipher, cancelled);
+        let mut source = ChunkReader::new(chunks, hashers, cipher, cancelled, starved);
         let mut buf = Vec::new();
         let extracted = unpack(plan, &mut source, ex, &mut buf);
         let extracted = match extracted {

@@ -147,10 +147,9 @@ pub struct PullOptions {
     pub broker: Option<Arc<crate::kbs::Broker>>,
     /// Permission bits at the destination. Default: readable by every user in the pod.
     pub modes: crate::extract::Modes,
-    /// Range requests in flight per large blob from a registry, when the network is what holds
-    /// the pull back (see [`stream::Ranges`]); 1 fetches each blob in one request. Default
-    /// (`None`): [`DEFAULT_PARALLEL_RANGES`], or 1 for a registry on this machine.
-    pub parallel_ranges: Option<usize>,
+    /// Range requests in flight per large blob from a registry (see [`stream::Ranges`]); 1
+    /// fetches each blob in one request. Default: [`DEFAULT_PARALLEL_RANGES`].
+    pub parallel_ranges: usize,
 }
 
 impl Default for PullOptions {
@@ -161,7 +160,7 @@ impl Default for PullOptions {
             allow_plain_layers: false,
             broker: None,
             modes: crate::extract::Modes::default(),
-            parallel_ranges: None,
+            parallel_ranges: DEFAULT_PARALLEL_RANGES,
         }
     }
 }
@@ -349,10 +348,12 @@ const LARGE_LAYER: u64 = 64 << 20;
 /// Layers fetched at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
-/// Range requests per large blob by default, from a registry that is not on this machine. On
-/// loopback there is no round trip to hide and the registry competes for our cores: measured
-/// on 2 cores, 4 took an encrypted 1.5 GB pull from 2.5 s to 2.9 s and 25 MiB more memory.
-pub const DEFAULT_PARALLEL_RANGES: usize = 4;
+/// Range requests per large blob by default: one. Several pay where each connection is capped
+/// (measured through 80 MB/s per connection and 20 ms per request: 4 took an encrypted 1.5 GB
+/// pull from 19.0 s to 8.7 s), and cost where one connection is fast: a round trip per 4 MiB
+/// segment (through 20 ms per request without a cap: 2.7 s with one, 5.4-5.8 s with 4), and on
+/// loopback the registry's share of our cores (2.5 s to 2.9 s, 25 MiB more).
+pub const DEFAULT_PARALLEL_RANGES: usize = 1;
 
 /// How `concurrency` slots are split: large layers get one per core, at least 1 and at most
 /// all but one (measured on 2 cores: four encrypted 2 GB shards took 23 s one at a time and
@@ -387,12 +388,7 @@ async fn fetch_all(
         .partition(|p| small_slots == 0 || p.desc.size >= LARGE_LAYER);
     let queue = stream::queue_depth(large_slots.min(large.len()));
     let cancelled = Arc::new(AtomicBool::new(false));
-    let ranges = stream::Ranges::new(opts.parallel_ranges.unwrap_or(
-        match store.is_loopback_registry() {
-            true => 1,
-            false => DEFAULT_PARALLEL_RANGES,
-        },
-    ));
+    let ranges = stream::Ranges::new(opts.parallel_ranges);
     let lane = |plans: Vec<LayerPlan>, width: usize| {
         let (ex, reporter, cancelled) = (ex.clone(), reporter.clone(), cancelled.clone());
         let ranges = ranges.clone();
@@ -461,10 +457,14 @@ async fn fetch_one(
         let id = reporter.on_layer_start(&plan.name(), size);
         let (tx, rx) = tokio::sync::mpsc::channel(queue);
         let consumer_cancel = cancelled.clone();
-        let consumer =
-            tokio::task::spawn_blocking(move || layer::run(&plan, rx, &ex, consumer_cancel, queue));
+        let starved = stream::Starved::default();
+        let consumer_starved = starved.clone();
+        let consumer = tokio::task::spawn_blocking(move || {
+            layer::run(&plan, rx, &ex, consumer_cancel, queue, consumer_starved)
+        });
         let progress = |n: u64| reporter.on_layer_progress(id, n);
-        let fetched = stream::fetch(store, &desc, tx, &progress, &cancelled, &ranges).await;
+        let fetched =
+            stream::fetch(store, &desc, tx, &progress, &cancelled, &ranges, &starved).await;
         let consumed = consumer.await.unwrap_or(Err(LayerError::Panicked));
         // A transfer that gave up explains the short stream the consumer saw, unless the
         // consumer refused what it had already received.

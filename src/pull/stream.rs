@@ -4,8 +4,8 @@
 //! fetch (async) ──chunks──▶ consumer thread: [decrypt] ─▶ unpack ─▶ staging
 //!   │ resumes with Range         │ fans each chunk out, without copying, to
 //!   │ after a dropped connection ├─▶ digest thread (SHA-256 of the blob)
-//!   │ large blobs from a remote  └─▶ HMAC thread (ocicrypt, encrypted layers)
-//!   │ registry: 4 MiB segments over several connections, delivered in order
+//!   │ with --parallel-ranges,    └─▶ HMAC thread (ocicrypt, encrypted layers)
+//!   │ large blobs in 4 MiB segments over several connections, delivered in order
 //! ```
 //!
 //! One core hashes about as fast as a loopback registry sends, so the two hashes of an
@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +84,62 @@ impl Ranges {
     }
 }
 
+/// Time a layer's consumer spent waiting for chunks, the wait under way included: how the
+/// fetch tells whether the network or the CPU holds the pull back (a consumer that waits on
+/// the hash threads is not idle).
+#[derive(Clone, Debug)]
+pub struct Starved(Arc<StarvedInner>);
+
+#[derive(Debug)]
+struct StarvedInner {
+    /// Instants are kept as nanoseconds since this one.
+    epoch: Instant,
+    /// Waits that ended, in all.
+    waited: AtomicU64,
+    /// When the wait under way began, plus one (0: not waiting).
+    since: AtomicU64,
+}
+
+impl Default for Starved {
+    fn default() -> Starved {
+        Starved(Arc::new(StarvedInner {
+            epoch: Instant::now(),
+            waited: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl Starved {
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.0.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn begin(&self) {
+        self.0.since.store(self.nanos() + 1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        let since = self.0.since.swap(0, Ordering::Relaxed);
+        if since > 0 {
+            let waited = self.nanos().saturating_sub(since - 1);
+            self.0.waited.fetch_add(waited, Ordering::Relaxed);
+        }
+    }
+
+    fn total(&self) -> Duration {
+        let ongoing = match self.0.since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => self.nanos().saturating_sub(since - 1),
+        };
+        Duration::from_nanos(self.0.waited.load(Ordering::Relaxed) + ongoing)
+    }
+}
+
+/// The shortest stretch over which the consumer's idle time is judged, and how often it is
+/// judged while no bytes arrive.
+const JUDGED_OVER: Duration = Duration::from_millis(20);
+
 /// How a blob's transfer went.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FetchStats {
@@ -107,6 +163,7 @@ pub async fn fetch(
     progress: &(dyn Fn(u64) + Send + Sync),
     cancelled: &AtomicBool,
     ranges: &Ranges,
+    starved: &Starved,
 ) -> Result<FetchStats, LayerError> {
     let t = Transfer {
         store,
@@ -114,6 +171,7 @@ pub async fn fetch(
         tx: &tx,
         progress,
         cancelled,
+        starved,
         // Only a network transfer is worth resuming or splitting: a local file that ends early
         // or fails to read will do the same again.
         remote: matches!(store, Store::Registry(_)),
@@ -147,6 +205,7 @@ struct Transfer<'a> {
     tx: &'a mpsc::Sender<Bytes>,
     progress: &'a (dyn Fn(u64) + Send + Sync),
     cancelled: &'a AtomicBool,
+    starved: &'a Starved,
     remote: bool,
     resumes: AtomicU32,
     segments: AtomicU32,
@@ -193,16 +252,18 @@ impl Transfer<'_> {
         }
     }
 
-    /// The consumer has taken every chunk handed to it: it is waiting for the network.
-    fn consumer_waits(&self) -> bool {
-        self.tx.capacity() == self.tx.max_capacity()
+    /// The consumer waited for chunks at least half the time since `since` (an instant and
+    /// its idle total then), judged over [`JUDGED_OVER`] at least: the network holds it back.
+    fn consumer_starves(&self, since: (Instant, Duration)) -> bool {
+        let elapsed = since.0.elapsed();
+        elapsed >= JUDGED_OVER && self.starved.total().saturating_sub(since.1) * 2 >= elapsed
     }
 
     /// Fetches the blob in [`SEGMENT`]s and delivers them in order. The first segment in line
     /// streams to the consumer as it arrives. The one behind it is always requested, so the
     /// next request's round trip overlaps the current transfer; more are requested only while
-    /// the pull spends more time waiting for bytes (with the consumer idle) than waiting for
-    /// the consumer. Segments behind the first share the pull's
+    /// the consumer spends at least half its time waiting for bytes. Segments behind the first
+    /// share the pull's
     /// [`AHEAD_BUDGET`] and are held until their turn. So a pull that the CPU holds back keeps
     /// two requests going and one segment ahead, and one that the network holds back (one
     /// connection's window over a long round trip, a per-connection cap) gets up to `streams`.
@@ -214,14 +275,17 @@ impl Transfer<'_> {
         let mut line: VecDeque<Segment> = VecDeque::new();
         let mut running = FuturesUnordered::new();
         let mut delivered: u64 = 0;
-        // Which side held the pull back since the last request: time spent waiting for bytes
-        // while the consumer had none left, against time spent waiting for the consumer.
-        let (mut waited_network, mut waited_consumer) = (Duration::ZERO, Duration::ZERO);
+        // Since when the consumer's idle time is judged: the line last grew past two, or a
+        // second went by without it starving (so an old stretch does not mask a new one).
+        let mut since = (Instant::now(), self.starved.total());
         loop {
+            if since.0.elapsed() > Duration::from_secs(1) && !self.consumer_starves(since) {
+                since = (Instant::now(), self.starved.total());
+            }
             while line.len() < ranges.streams {
                 let ahead = match line.len() {
                     0 => None,
-                    n if n > 1 && waited_network <= waited_consumer => break,
+                    n if n > 1 && !self.consumer_starves(since) => break,
                     _ => match ranges.ahead.clone().try_acquire_owned() {
                         Ok(permit) => Some(permit),
                         Err(_) => break,
@@ -241,13 +305,13 @@ impl Transfer<'_> {
                 });
                 self.segments.fetch_add(1, Ordering::Relaxed);
                 running.push(async move { self.range(range, &Sink::Segment(tx)).await });
-                (waited_network, waited_consumer) = (Duration::ZERO, Duration::ZERO);
+                if line.len() > 2 {
+                    since = (Instant::now(), self.starved.total());
+                }
             }
             let Some(head) = line.front_mut() else {
                 return Ok(None);
             };
-            let consumer_idle = self.consumer_waits();
-            let waiting = Instant::now();
             tokio::select! {
                 // Outcomes first: a failed segment's error, before its closed channel.
                 biased;
@@ -263,16 +327,11 @@ impl Transfer<'_> {
                 },
                 chunk = head.rx.recv() => match chunk {
                     Some(chunk) => {
-                        if consumer_idle {
-                            waited_network += waiting.elapsed();
-                        }
                         head.delivered += chunk.len() as u64;
                         delivered += chunk.len() as u64;
-                        let sending = Instant::now();
                         if self.tx.send(chunk).await.is_err() {
                             return Ok(None);
                         }
-                        waited_consumer += sending.elapsed();
                     }
                     // Its request completed, so every byte of it is delivered.
                     None if head.delivered >= head.len => {
@@ -288,6 +347,8 @@ impl Transfer<'_> {
                         ))))
                     }
                 },
+                // Nothing arrived for a while: judge again whether to widen.
+                () = tokio::time::sleep(JUDGED_OVER) => {}
             }
         }
     }
@@ -430,6 +491,7 @@ pub struct ChunkReader {
     hashers: Vec<SyncSender<Bytes>>,
     decrypt: Option<Decrypt>,
     cancelled: std::sync::Arc<AtomicBool>,
+    starved: Starved,
     /// The chunk being read, as received (plain layers).
     current: Bytes,
     pos: usize,
@@ -447,6 +509,7 @@ impl ChunkReader {
         hashers: Vec<SyncSender<Bytes>>,
         decrypt: Option<CtrDecryptor>,
         cancelled: std::sync::Arc<AtomicBool>,
+        starved: Starved,
     ) -> ChunkReader {
         ChunkReader {
             rx,
@@ -456,6 +519,7 @@ impl ChunkReader {
                 plain: Zeroizing::new(Vec::new()),
             }),
             cancelled,
+            starved,
             current: Bytes::new(),
             pos: 0,
             len: 0,
@@ -468,7 +532,10 @@ impl ChunkReader {
             // Not `Interrupted`: readers retry that kind forever.
             return Err(io::Error::other(Cancelled));
         }
-        let Some(chunk) = self.rx.blocking_recv() else {
+        self.starved.begin();
+        let chunk = self.rx.blocking_recv();
+        self.starved.end();
+        let Some(chunk) = chunk else {
             return Ok(None);
         };
         for h in &self.hashers {

@@ -565,35 +565,12 @@ impl Registry {
         Ok(())
     }
 
-    /// The registry runs on this machine (`localhost`, 127.0.0.0/8, `::1`): no round trip to
-    /// hide, and it shares our cores.
-    pub fn is_loopback(&self) -> bool {
-        is_loopback_host(self.reference.resolve_registry())
-    }
-
     pub fn reference(&self) -> &Reference {
         &self.reference
     }
 }
 
 /// Turns a reader into a stream of `PUSH_CHUNK`-sized buffers (the last one shorter).
-/// `host`, `host:port`, `[v6]:port` or `v6`: a name or address of this machine (`localhost`
-/// and its subdomains, 127.0.0.0/8, `::1`, v4-mapped loopback, and the unspecified addresses,
-/// which connect locally)? Names that /etc/hosts maps here are not looked up.
-fn is_loopback_host(registry: &str) -> bool {
-    let host = match registry.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None if registry.matches(':').count() == 1 => registry.split(':').next().unwrap_or(""),
-        None => registry,
-    };
-    let name = host.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
-}
-
 fn chunk_stream(
     reader: BlobReader,
     size: usize,
@@ -616,7 +593,7 @@ fn chunk_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::{error_body_text, is_loopback_host};
+    use super::error_body_text;
 
     #[test]
     fn distribution_error_bodies_are_shown_by_code_message_and_detail() {
@@ -631,36 +608,6 @@ mod tests {
         assert_eq!(error_body_text(no_code), "blob unknown");
         for other in ["not json", r#"{"errors":[]}"#, r#"{"message":"x"}"#, ""] {
             assert_eq!(error_body_text(other), other);
-        }
-    }
-
-    #[test]
-    fn loopback_hosts_are_told_from_the_rest() {
-        for host in [
-            "localhost",
-            "LOCALHOST:5000",
-            "127.0.0.1",
-            "127.0.0.1:5000",
-            "127.1.2.3:443",
-            "[::1]:5000",
-            "::1",
-            "localhost.:5000",
-            "registry.localhost:5000",
-            "[::ffff:127.0.0.1]:5000",
-            "0.0.0.0:5000",
-            "[::]:5000",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "registry.local:5000",
-            "10.0.0.1:5000",
-            "[fe80::1]:5000",
-            "192.0.2.2",
-            "localhost.example.com",
-            "quay.io",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
         }
     }
 }

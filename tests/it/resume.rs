@@ -359,37 +359,87 @@ fn pull_through(proxy: &CuttingProxy, kek: &Path, dest: &Path, ranges: Option<u3
     }
 }
 
-/// Nothing but what the test made sits beside the destination.
-fn assert_delivered(out: &RunOutput, model: &Path, dest: &Path) {
-    assert_success(out);
-    assert_eq!(model_files(dest), model_files(model));
-    assert_eq!(dir_names(dest.parent().unwrap()), vec!["m".to_string()]);
+/// A registry holding the encrypted model, and where a test pulls it to.
+struct Setup {
+    reg: TestRegistry,
+    model: PathBuf,
+    kek: PathBuf,
+    dest: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, kek) = encrypted_model(&reg, tmp.path());
+    let dest = tmp.path().join("out/m");
+    Setup {
+        reg,
+        model,
+        kek,
+        dest,
+        tmp,
+    }
+}
+
+impl Setup {
+    /// Pulls through a new proxy with `link` (and `ranges`, see [`pull_through`]).
+    fn pull(&self, link: Link, ranges: Option<u32>) -> (CuttingProxy, RunOutput) {
+        let proxy = CuttingProxy::start(self.reg.port(), link);
+        let out = pull_through(&proxy, &self.kek, &self.dest, ranges).run();
+        (proxy, out)
+    }
+
+    /// The model arrived whole, and nothing but the destination sits beside it.
+    #[track_caller]
+    fn assert_delivered(&self, out: &RunOutput) {
+        assert_success(out);
+        assert_eq!(model_files(&self.dest), model_files(&self.model));
+        assert_eq!(
+            dir_names(self.dest.parent().unwrap()),
+            vec!["m".to_string()]
+        );
+    }
+
+    /// Nothing at the destination, no staging beside it.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        assert!(!self.dest.exists(), "nothing at the destination");
+        let out = self.tmp.path().join("out");
+        let left = if out.exists() {
+            dir_names(&out)
+        } else {
+            Vec::new()
+        };
+        assert_eq!(left, Vec::<String>::new(), "no staging left");
+    }
 }
 
 /// Bytes the pull may legitimately need besides the big blob: headers, manifest, config,
 /// the small layer, one response head per request.
 const SLACK: u64 = 256 * 1024;
 
+/// The proxy served the big blob once: starting it, or a segment, over after a cut would cost
+/// at least a segment more.
+#[track_caller]
+fn assert_each_byte_once(proxy: &CuttingProxy) {
+    let served = proxy.served.load(Ordering::SeqCst);
+    assert!(
+        served < WEIGHTS_LEN as u64 + SLACK,
+        "the proxy served {served} bytes for a {WEIGHTS_LEN}-byte blob: some of it twice"
+    );
+}
+
 #[test]
 fn a_transfer_cut_three_times_resumes_from_the_last_byte_and_verifies() {
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    let proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::Times(3)));
-    let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest, Some(1)).run();
-    assert_delivered(&out, &model, &dest);
-
+    let s = setup();
+    let (proxy, out) = s.pull(Link::cut(Cut::Times(3)), Some(1));
+    s.assert_delivered(&out);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 3, "{out}");
-    let served = proxy.served.load(Ordering::SeqCst);
-    // Starting the blob over after any cut would cost at least CUT_AFTER more bytes.
-    assert!(
-        served < WEIGHTS_LEN as u64 + SLACK,
-        "the proxy served {served} bytes for a {WEIGHTS_LEN}-byte blob: refetched"
-    );
+    assert_each_byte_once(&proxy);
     let offsets = proxy.resumed_offsets();
     assert_eq!(offsets.len(), 3, "one Range request per cut: {offsets:?}");
     assert!(
@@ -402,41 +452,26 @@ fn a_transfer_cut_three_times_resumes_from_the_last_byte_and_verifies() {
     );
 }
 
-/// What a pull through a [`Cut::OnceAfterHandshake`] proxy left: its output, the proxy, the
-/// model it pulled and where it pulled to (under `tmp`).
-struct CutOnce {
-    out: RunOutput,
-    proxy: CuttingProxy,
-    model: PathBuf,
-    dest: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
 /// Pulls the encrypted model (with `ranges`, see [`pull_through`]) through a proxy that stops
 /// 7 MiB into the big layer, does `to_registry` to the registry meanwhile, then cuts the
-/// connection.
-fn pull_cut_once(ranges: u32, to_registry: impl FnOnce(&mut TestRegistry)) -> CutOnce {
-    let mut reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    let mut proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::OnceAfterHandshake));
-    let dest = tmp.path().join("out/m");
-    let cmd = pull_through(&proxy, &kek, &dest, Some(ranges));
+/// connection. Returns the setup, the proxy and the pull's output.
+fn pull_cut_once(
+    ranges: u32,
+    to_registry: impl FnOnce(&mut TestRegistry),
+) -> (Setup, CuttingProxy, RunOutput) {
+    let mut s = setup();
+    let mut proxy = CuttingProxy::start(s.reg.port(), Link::cut(Cut::OnceAfterHandshake));
+    let cmd = pull_through(&proxy, &s.kek, &s.dest, Some(ranges));
     let pull = std::thread::spawn(move || cmd.run());
 
     let (events, go) = proxy.events.take().unwrap();
     events
         .recv_timeout(Duration::from_secs(120))
         .expect("the pull never reached the middle of the layer");
-    to_registry(&mut reg);
+    to_registry(&mut s.reg);
     go.send(()).unwrap();
-    CutOnce {
-        out: pull.join().unwrap(),
-        proxy,
-        model,
-        dest,
-        tmp,
-    }
+    let out = pull.join().unwrap();
+    (s, proxy, out)
 }
 
 #[test]
@@ -444,20 +479,10 @@ fn the_registry_killed_mid_layer_and_restarted_does_not_fail_the_pull() {
     if !require_peer("docker-registry") {
         return;
     }
-    let CutOnce {
-        out,
-        proxy,
-        model,
-        dest,
-        tmp: _tmp,
-    } = pull_cut_once(1, TestRegistry::restart);
-    assert_delivered(&out, &model, &dest);
+    let (s, proxy, out) = pull_cut_once(1, TestRegistry::restart);
+    s.assert_delivered(&out);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1);
-    let served = proxy.served.load(Ordering::SeqCst);
-    assert!(
-        served < WEIGHTS_LEN as u64 + SLACK,
-        "served {served} bytes: refetched"
-    );
+    assert_each_byte_once(&proxy);
     assert_eq!(proxy.resumed_offsets().len(), 1, "{:?}", proxy.ranges);
 }
 
@@ -466,9 +491,9 @@ fn a_registry_that_stays_down_fails_the_pull_after_bounded_retries_and_leaves_no
     if !require_peer("docker-registry") {
         return;
     }
-    let CutOnce { out, dest, tmp, .. } = pull_cut_once(1, TestRegistry::stop);
+    let (s, _, out) = pull_cut_once(1, TestRegistry::stop);
     assert_failure_contains(&out, &["transfer stopped at", "after 6 attempts"]);
-    assert_nothing_left(&dest, tmp.path());
+    s.assert_nothing_left();
 }
 
 #[test]
@@ -476,28 +501,13 @@ fn a_registry_that_stays_down_fails_a_pull_in_parallel_ranges_and_leaves_nothing
     if !require_peer("docker-registry") {
         return;
     }
-    let CutOnce {
-        out,
-        dest,
-        tmp,
-        proxy,
-        ..
-    } = pull_cut_once(4, TestRegistry::stop);
+    let (s, proxy, out) = pull_cut_once(4, TestRegistry::stop);
     assert_failure_contains(&out, &["transfer stopped at", "attempts"]);
-    assert_nothing_left(&dest, tmp.path());
+    s.assert_nothing_left();
     assert!(
         blob_ranges(&proxy).iter().any(|(_, end)| end.is_some()),
         "the blob was asked for in segments: {:?}",
         proxy.ranges
-    );
-}
-
-fn assert_nothing_left(dest: &Path, tmp: &Path) {
-    assert!(!dest.exists(), "nothing at the destination");
-    assert_eq!(
-        dir_names(&tmp.join("out")),
-        Vec::<String>::new(),
-        "no staging left"
     );
 }
 
@@ -524,38 +534,31 @@ fn blob_ranges(proxy: &CuttingProxy) -> Vec<(u64, Option<u64>)> {
     ranges
 }
 
+/// A slow link the pull waits for, where no connection gets past 2 MiB of its first segment
+/// before a third segment is asked for: the pull asks for the next one anyway, a third only
+/// when it waits for the network, so one or two at a time would never finish.
+fn slow_gated_link() -> Link {
+    Link {
+        gate: 3,
+        rate: Some(16 << 20),
+        ..Link::cut(Cut::Never)
+    }
+}
+
 #[test]
 fn a_large_blob_comes_in_parallel_range_requests_each_byte_once() {
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    // A slow link the pull waits for; and no connection gets past 2 MiB of its first segment
-    // before a third segment is asked for: the pull asks for the next one anyway, a third
-    // only when it waits for the network; one or two at a time would never finish.
-    let proxy = CuttingProxy::start(
-        reg.port(),
-        Link {
-            gate: 3,
-            rate: Some(16 << 20),
-            ..Link::cut(Cut::Never)
-        },
-    );
-    let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    let s = setup();
+    let (proxy, out) = s.pull(slow_gated_link(), Some(4));
     assert!(
         !proxy.gate.timed_out(),
-        "segments were asked for one at a time: {out}"
+        "segments were asked for one or two at a time: {out}"
     );
-    assert_delivered(&out, &model, &dest);
+    s.assert_delivered(&out);
     assert_eq!(blob_ranges(&proxy), segments(), "{:?}", proxy.ranges);
-    let served = proxy.served.load(Ordering::SeqCst);
-    assert!(
-        served < WEIGHTS_LEN as u64 + SLACK,
-        "the proxy served {served} bytes for a {WEIGHTS_LEN}-byte blob: some twice"
-    );
+    assert_each_byte_once(&proxy);
 }
 
 #[test]
@@ -563,19 +566,11 @@ fn a_cut_segment_resumes_within_its_own_range() {
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    let proxy = CuttingProxy::start(reg.port(), Link::cut(Cut::Times(2)));
-    let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
-    assert_delivered(&out, &model, &dest);
+    let s = setup();
+    let (proxy, out) = s.pull(Link::cut(Cut::Times(2)), Some(4));
+    s.assert_delivered(&out);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 2, "{out}");
-    let served = proxy.served.load(Ordering::SeqCst);
-    assert!(
-        served < WEIGHTS_LEN as u64 + SLACK,
-        "served {served} bytes: refetched"
-    );
+    assert_each_byte_once(&proxy);
     // Each resume starts inside a segment and asks for the rest of that segment only.
     let segments = segments();
     let resumed: Vec<_> = blob_ranges(&proxy)
@@ -600,19 +595,13 @@ fn a_registry_that_ignores_range_serves_the_blob_in_one_request() {
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    let proxy = CuttingProxy::start(
-        reg.port(),
-        Link {
-            strip_range: true,
-            ..Link::cut(Cut::Never)
-        },
-    );
-    let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
-    assert_delivered(&out, &model, &dest);
+    let s = setup();
+    let link = Link {
+        strip_range: true,
+        ..Link::cut(Cut::Never)
+    };
+    let (proxy, out) = s.pull(link, Some(4));
+    s.assert_delivered(&out);
     // It asked for the first segment, got the whole blob, and went on with one request from
     // the start (the small layer asks for `bytes=0-` too).
     let all = proxy.parsed_ranges();
@@ -622,24 +611,18 @@ fn a_registry_that_ignores_range_serves_the_blob_in_one_request() {
 }
 
 #[test]
-fn a_registry_on_this_machine_gets_one_request_per_blob_by_default() {
+fn by_default_a_blob_comes_in_one_request_even_over_a_slow_link() {
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, kek) = encrypted_model(&reg, tmp.path());
-    // Slow enough that a remote registry's pull would open more connections.
-    let proxy = CuttingProxy::start(
-        reg.port(),
-        Link {
-            rate: Some(16 << 20),
-            ..Link::cut(Cut::Never)
-        },
-    );
-    let dest = tmp.path().join("out/m");
-    let out = pull_through(&proxy, &kek, &dest, None).run();
-    assert_delivered(&out, &model, &dest);
+    let s = setup();
+    // Slow enough that a pull with --parallel-ranges would open more connections.
+    let link = Link {
+        rate: Some(16 << 20),
+        ..Link::cut(Cut::Never)
+    };
+    let (proxy, out) = s.pull(link, None);
+    s.assert_delivered(&out);
     assert_eq!(
         blob_ranges(&proxy),
         vec![],
@@ -653,11 +636,9 @@ fn a_byte_changed_in_a_later_segment_fails_a_parallel_pull_and_leaves_nothing() 
     if !require_peer("docker-registry") {
         return;
     }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_model, kek) = encrypted_model(&reg, tmp.path());
+    let s = setup();
     // The big layer's blob is the largest file in the registry's storage.
-    let stored = walk_files(&reg.storage_root())
+    let stored = walk_files(&s.reg.storage_root())
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
@@ -666,20 +647,10 @@ fn a_byte_changed_in_a_later_segment_fails_a_parallel_pull_and_leaves_nothing() 
     bytes[(2 * SEGMENT + 12345) as usize] ^= 0x01;
     std::fs::write(&stored, bytes).unwrap();
 
-    let proxy = CuttingProxy::start(
-        reg.port(),
-        Link {
-            gate: 3,
-            rate: Some(16 << 20),
-            ..Link::cut(Cut::Never)
-        },
-    );
-    let dest = tmp.path().join("out/m");
-    std::fs::create_dir(dest.parent().unwrap()).unwrap();
-    let out = pull_through(&proxy, &kek, &dest, Some(4)).run();
+    let (proxy, out) = s.pull(slow_gated_link(), Some(4));
     assert!(!proxy.gate.timed_out(), "segments one at a time: {out}");
     assert_failure_contains(&out, &["digest mismatch"]);
-    assert_nothing_left(&dest, tmp.path());
+    s.assert_nothing_left();
 }
 
 fn walk_files(dir: &Path) -> Vec<PathBuf> {

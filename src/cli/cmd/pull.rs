@@ -44,7 +44,7 @@ pub async fn run(ctx: &Context, a: PullArgs) -> Result<(), Error> {
             Modes::Readable
         },
         concurrency: a.concurrency.into(),
-        parallel_ranges: a.parallel_ranges.map(usize::from),
+        parallel_ranges: a.parallel_ranges.into(),
     };
     let bars = ctx.progress.then(|| Arc::new(Bars::new(0)));
     let reporter: Arc<dyn Reporter> = match &bars {
