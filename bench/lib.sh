@@ -6,6 +6,7 @@
 #   MC       the modelcrypt binary;  MC_GLOBAL  extra global flags for it (an array)
 #   LOG_DIR  per-command logs;  TMPFS  the tmpfs mount point
 #   PY       a python3 (install_prereqs sets it)
+#   REG_PORT the registry's port (start_registry sets it); SL_PORT the slowlink proxy's
 #
 # Every function that fails a benchmark (a tool error, wrong bytes) calls die, which exits the
 # script; the caller's EXIT trap cleans up.
@@ -15,6 +16,10 @@ REG_PID=""
 REG_PORT=""
 REG_DIR=""
 PY=python3
+SLOWLINK_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/slowlink.py
+SL_PID=""
+SL_PORT=""
+SL_FD=""
 
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
 die() {
@@ -310,6 +315,69 @@ print("%d layers, %d bytes, %s, %d with a JWE key; artifactType %s" % (
     len(layers), sum(l["size"] for l in layers), " ".join(types), jwe,
     m.get("artifactType", "absent")))
 sys.exit(0 if jwe == len(layers) and all(t.endswith("+encrypted") for t in types) else 1)'
+}
+
+# --------------------------------------------------------------- the slow link
+
+# listen_host: the first global IPv4 address of this machine, so that a pull through the proxy
+# sees a registry on another host (modelcrypt treats a loopback registry differently); empty if
+# there is none.
+listen_host() {
+    ip -4 -o addr show scope global 2>/dev/null | awk '{sub(/\/.*/, "", $4); print $4; exit}'
+}
+
+# stale_slowlink: kill a slowlink.py left by an earlier run that was killed with SIGKILL (its pid
+# file names it; its command line must name our slowlink.py).
+stale_slowlink() {
+    local pid
+    pid=$(cat "$WORK/slowlink.pid" 2>/dev/null) || return 0
+    if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+        grep -qF "$SLOWLINK_PY"; then
+        log "stopping a slowlink.py left by an earlier run (pid $pid)"
+        kill "$pid" 2>/dev/null || true
+    fi
+    rm -f "$WORK/slowlink.pid"
+}
+
+# start_slowlink HOST RATE LATENCY_MS LOG: bench/slowlink.py on a free port of HOST in front of
+# the registry (REG_PORT), RATE bytes/s per connection (80M; 0: no cap), LATENCY_MS each way, its
+# log in LOG. Reads its "ready PORT" line (no polling). Sets SL_PID, SL_PORT and SL_FD (its
+# stdout, kept open until stop_slowlink).
+start_slowlink() {
+    local host=$1 rate=$2 latency=$3 logf=$4 word=""
+    exec {SL_FD}< <(exec "$PY" -I "$SLOWLINK_PY" --host "$host" --port 0 --upstream "$REG_PORT" \
+        --rate "$rate" --latency-ms "$latency" 2>>"$logf")
+    SL_PID=$!
+    echo "$SL_PID" >"$WORK/slowlink.pid"
+    read -r -t 30 -u "$SL_FD" word SL_PORT || true
+    if [[ $word != ready || ! $SL_PORT =~ ^[0-9]+$ ]]; then
+        tail -n 20 "$logf" >&2
+        die "slowlink.py did not start on $host (see $logf)"
+    fi
+}
+
+# slowlink_cpu_s: the CPU seconds (user + system) the running slowlink.py has used so far.
+slowlink_cpu_s() {
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$SL_PID/stat"
+}
+
+stop_slowlink() {
+    if [[ -n $SL_PID ]] && kill -0 "$SL_PID" 2>/dev/null; then
+        kill "$SL_PID" 2>/dev/null || true
+        wait "$SL_PID" 2>/dev/null || true
+    fi
+    if [[ -n $SL_FD ]]; then exec {SL_FD}<&-; fi
+    SL_PID="" SL_PORT="" SL_FD=""
+    rm -f "$WORK/slowlink.pid"
+}
+
+# largest_blob REPO TAG: "DIGEST SIZE" of the largest layer of a manifest in the registry.
+largest_blob() {
+    curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "http://127.0.0.1:$REG_PORT/v2/$1/manifests/$2" |
+        "$PY" -I -S -c 'import json, sys
+layer = max(json.load(sys.stdin)["layers"], key=lambda l: l["size"])
+print(layer["digest"], layer["size"])'
 }
 
 # ------------------------------------------------------------------------- keys
