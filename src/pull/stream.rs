@@ -116,7 +116,9 @@ impl Starved {
     }
 
     fn begin(&self) {
-        self.0.since.store(self.nanos() + 1, Ordering::Relaxed);
+        self.0
+            .since
+            .store(self.nanos().saturating_add(1), Ordering::Relaxed);
     }
 
     fn end(&self) {
@@ -127,12 +129,15 @@ impl Starved {
         }
     }
 
+    /// Read in this order, a wait that ends meanwhile is left out rather than counted twice:
+    /// the fetch then widens a little later, never wrongly.
     fn total(&self) -> Duration {
+        let waited = self.0.waited.load(Ordering::Relaxed);
         let ongoing = match self.0.since.load(Ordering::Relaxed) {
             0 => 0,
             since => self.nanos().saturating_sub(since - 1),
         };
-        Duration::from_nanos(self.0.waited.load(Ordering::Relaxed) + ongoing)
+        Duration::from_nanos(waited.saturating_add(ongoing))
     }
 }
 
@@ -151,8 +156,9 @@ pub struct FetchStats {
     pub ahead: u32,
 }
 
-/// Streams `desc`'s blob into `tx` in order, in [`CHUNK`]s. A large blob from a registry comes
-/// in [`SEGMENT`]s over up to `ranges.streams` connections (see [`Transfer::segmented`]). When
+/// Streams `desc`'s blob into `tx` in order, in [`CHUNK`]s. With `ranges.streams` above 1, a
+/// large blob from a registry comes in [`SEGMENT`]s over up to that many connections (see
+/// [`Transfer::segmented`]). When
 /// a connection drops or a body ends early, asks again from the last byte received (the hashes
 /// downstream carry on), backing off, and gives up after [`MAX_FAILURES`] attempts in a row
 /// without progress. Returns early and without error if the consumer hung up: it reports why.
