@@ -119,21 +119,23 @@ impl Store {
     /// Bytes `range` of a blob as a stream of pieces: a registry's as received, a file's in
     /// `chunk`-byte reads. A range that runs to the blob's end is open-ended, so a blob longer
     /// than its descriptor still shows as longer (the caller's verifier reports it). Local
-    /// blobs are only read to their end (nothing splits them), so `range.end` is theirs.
+    /// blobs are only read to their end (nothing splits them), so `range.end` is theirs. Says
+    /// whether the registry served the range or ignored it.
     pub async fn blob_chunks(
         &self,
         desc: &Descriptor,
         range: std::ops::Range<u64>,
         chunk: usize,
-    ) -> Result<crate::registry::BlobStream, StoreError> {
+    ) -> Result<(crate::registry::BlobStream, crate::registry::Served), StoreError> {
         Ok(match self {
             Store::Registry(r) => r.blob_chunks(desc, range).await?,
-            Store::Layout(_) | Store::Dir(_) => {
+            Store::Layout(_) | Store::Dir(_) => (
                 Box::pin(tokio_util::io::ReaderStream::with_capacity(
                     self.blob(desc, range.start).await?,
                     chunk,
-                ))
-            }
+                )),
+                crate::registry::Served::Range,
+            ),
         })
     }
 

@@ -166,14 +166,13 @@ pub struct PullArgs {
     /// large one; 1 means one layer at a time. Default: 4.
     #[arg(long, env = MODELCRYPT_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
-    /// Range requests at once for one large blob (16 MiB and up) from a registry, in 4 MiB
-    /// segments delivered in order: for a registry or object store that caps each connection
-    /// (4 pulled 2.2x as fast through 80 MB/s per connection). The next segment is always asked
-    /// for before the current one ends; more only while the pull waits for the network.
-    /// Segments fetched ahead share 16 MiB per pull, so at most 5 run at once. Where one
-    /// connection is fast, each 4 MiB costs a round trip (half the speed over 20 ms): hence
-    /// the default, 1, one request per blob.
-    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    /// Range requests at once for one large blob (16 MiB and up) from a registry. Each blob
+    /// starts as one request; if the pull then waits for the network most of the time (a
+    /// registry or object store that caps each connection, a small window over a long round
+    /// trip), it is split into 4 MiB segments fetched over up to N connections and delivered
+    /// in order (4 pulled 2.2x as fast through 80 MB/s per connection). Segments fetched ahead
+    /// share 16 MiB per pull. 1 keeps every blob to one request. Default: 4.
+    #[arg(long, env = MODELCRYPT_PARALLEL_RANGES, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=5))]
     pub parallel_ranges: u16,
     #[command(flatten)]
     pub keys: KeyArgs,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -29,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::manifest::Descriptor;
 use crate::ocicrypt::cipher::CtrDecryptor;
-use crate::registry::{error_chain, RegistryError};
+use crate::registry::{error_chain, RegistryError, Served};
 use crate::store::{Store, StoreError};
 
 use super::layer::Cancelled;
@@ -141,9 +142,13 @@ impl Starved {
     }
 }
 
-/// The shortest stretch over which the consumer's idle time is judged, and how often it is
-/// judged while no bytes arrive.
+/// The shortest stretch over which the consumer's idle time is judged before another segment
+/// is requested, and how often it is judged while no bytes arrive.
 const JUDGED_OVER: Duration = Duration::from_millis(20);
+/// The shortest stretch of starving before the first request is cut into segments: a fast
+/// connection also leaves the consumer waiting now and then (measured: judged over 20 ms, a
+/// link without a cap was cut in 2 runs of 3 and took twice as long).
+const CUT_AFTER: Duration = Duration::from_millis(250);
 
 /// How a blob's transfer went.
 #[derive(Clone, Copy, Debug, Default)]
@@ -199,7 +204,8 @@ pub async fn fetch(
             }
         }
     }
-    t.range(start..desc.size, &Sink::Consumer(&tx)).await?;
+    t.range(&Bounds::new(start..desc.size), &Sink::Consumer(&tx))
+        .await?;
     Ok(t.stats())
 }
 
@@ -239,6 +245,31 @@ impl Sink<'_> {
     }
 }
 
+/// The bytes one range covers: its end may be moved closer while it runs (the first request of
+/// a segmented transfer is cut when the rest goes to segments), and how far it got is public.
+struct Bounds {
+    start: u64,
+    end: AtomicU64,
+    reached: AtomicU64,
+    /// The registry answered with the whole blob: it cannot be cut.
+    ranges_ignored: AtomicBool,
+}
+
+impl Bounds {
+    fn new(range: Range<u64>) -> Bounds {
+        Bounds {
+            start: range.start,
+            end: AtomicU64::new(range.end),
+            reached: AtomicU64::new(range.start),
+            ranges_ignored: AtomicBool::new(false),
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.end.load(Ordering::Relaxed)
+    }
+}
+
 /// A segment in the delivery line.
 struct Segment {
     len: u64,
@@ -259,46 +290,86 @@ impl Transfer<'_> {
     }
 
     /// The consumer waited for chunks at least half the time since `since` (an instant and
-    /// its idle total then), judged over [`JUDGED_OVER`] at least: the network holds it back.
-    fn consumer_starves(&self, since: (Instant, Duration)) -> bool {
+    /// its idle total then), judged over `over` at least: the network holds it back.
+    fn consumer_starves(&self, since: (Instant, Duration), over: Duration) -> bool {
         let elapsed = since.0.elapsed();
-        elapsed >= JUDGED_OVER && self.starved.total().saturating_sub(since.1) * 2 >= elapsed
+        elapsed >= over && self.starved.total().saturating_sub(since.1) * 2 >= elapsed
     }
 
-    /// Fetches the blob in [`SEGMENT`]s and delivers them in order. The first segment in line
-    /// streams to the consumer as it arrives. The one behind it is always requested, so the
-    /// next request's round trip overlaps the current transfer; more are requested only while
-    /// the consumer spends at least half its time waiting for bytes. Segments behind the first
-    /// share the pull's
-    /// [`AHEAD_BUDGET`] and are held until their turn. So a pull that the CPU holds back keeps
-    /// two requests going and one segment ahead, and one that the network holds back (one
-    /// connection's window over a long round trip, a per-connection cap) gets up to `streams`.
+    /// Fetches the blob as one open-ended request, like a transfer without ranges, until the
+    /// consumer spends at least half its time waiting for bytes (over [`CUT_AFTER`]); then
+    /// that request is cut at a
+    /// segment boundary at least a [`SEGMENT`] ahead and the rest comes in [`SEGMENT`]s,
+    /// delivered in order. The segment after the one being delivered is always requested (its
+    /// round trip overlaps the transfer); more, up to `streams`, only while the consumer still
+    /// starves. Segments behind the first share the pull's [`AHEAD_BUDGET`] and are held until
+    /// their turn. So a pull that the CPU holds back, or one fast connection, stays one
+    /// request; one that the network holds back (a per-connection cap, a small window over a
+    /// long round trip) gets up to `streams` connections.
     /// `Some(offset)`: the registry does not serve byte ranges (any more); the bytes from
     /// `offset` on, all delivered before it, are to come in one request.
     async fn segmented(&self, ranges: &Ranges) -> Result<Option<u64>, LayerError> {
         let size = self.desc.size;
-        let mut starts = (0..size).step_by(SEGMENT as usize);
+        let first = Bounds::new(0..size);
         let mut line: VecDeque<Segment> = VecDeque::new();
-        let mut running = FuturesUnordered::new();
+        let mut running: FuturesUnordered<BoxFuture<'_, Result<(), LayerError>>> =
+            FuturesUnordered::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        line.push_back(Segment {
+            len: size,
+            delivered: 0,
+            rx,
+            ahead: None,
+        });
+        running.push(Box::pin(async {
+            self.range(&first, &Sink::Segment(tx)).await
+        }));
+        // The first byte of the next segment, once the first request was cut.
+        let mut next: Option<u64> = None;
         let mut delivered: u64 = 0;
-        // Since when the consumer's idle time is judged: the line last grew past two, or a
-        // second went by without it starving (so an old stretch does not mask a new one).
+        // Since when the consumer's idle time is judged: the first byte arrived, the line last
+        // grew past two, or a second went by without it starving (so an old stretch does not
+        // mask a new one).
         let mut since = (Instant::now(), self.starved.total());
         loop {
-            if since.0.elapsed() > Duration::from_secs(1) && !self.consumer_starves(since) {
+            if since.0.elapsed() > Duration::from_secs(1)
+                && !self.consumer_starves(since, JUDGED_OVER)
+            {
                 since = (Instant::now(), self.starved.total());
             }
-            while line.len() < ranges.streams {
+            if next.is_none()
+                && delivered > 0
+                && !first.ranges_ignored.load(Ordering::Relaxed)
+                && self.consumer_starves(since, CUT_AFTER)
+            {
+                // The first request goes on to a boundary at least a segment ahead, so the
+                // segments' round trips overlap its last bytes. It runs in this task, so it is
+                // not between reading a piece and counting it.
+                let cut = (first.reached.load(Ordering::Relaxed) / SEGMENT + 2) * SEGMENT;
+                if cut < size {
+                    first.end.store(cut, Ordering::Relaxed);
+                    // Until the cut, the line holds the first request alone.
+                    if let Some(head) = line.front_mut() {
+                        head.len = cut;
+                    }
+                    next = Some(cut);
+                    since = (Instant::now(), self.starved.total());
+                }
+            }
+            while let Some(start) = next.filter(|&start| start < size) {
+                if line.len() >= ranges.streams {
+                    break;
+                }
                 let ahead = match line.len() {
                     0 => None,
-                    n if n > 1 && !self.consumer_starves(since) => break,
+                    n if n > 1 && !self.consumer_starves(since, JUDGED_OVER) => break,
                     _ => match ranges.ahead.clone().try_acquire_owned() {
                         Ok(permit) => Some(permit),
                         Err(_) => break,
                     },
                 };
-                let Some(start) = starts.next() else { break };
                 let range = start..(start + SEGMENT).min(size);
+                next = Some(range.end);
                 let (tx, rx) = mpsc::unbounded_channel();
                 if ahead.is_some() {
                     self.ahead.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +381,9 @@ impl Transfer<'_> {
                     ahead,
                 });
                 self.segments.fetch_add(1, Ordering::Relaxed);
-                running.push(async move { self.range(range, &Sink::Segment(tx)).await });
+                running.push(Box::pin(async move {
+                    self.range(&Bounds::new(range), &Sink::Segment(tx)).await
+                }));
                 if line.len() > 2 {
                     since = (Instant::now(), self.starved.total());
                 }
@@ -333,6 +406,10 @@ impl Transfer<'_> {
                 },
                 chunk = head.rx.recv() => match chunk {
                     Some(chunk) => {
+                        if delivered == 0 {
+                            // The wait for the first byte says nothing about the link's rate.
+                            since = (Instant::now(), self.starved.total());
+                        }
                         head.delivered += chunk.len() as u64;
                         delivered += chunk.len() as u64;
                         if self.tx.send(chunk).await.is_err() {
@@ -353,7 +430,7 @@ impl Transfer<'_> {
                         ))))
                     }
                 },
-                // Nothing arrived for a while: judge again whether to widen.
+                // Nothing arrived for a while: judge again whether to cut or widen.
                 () = tokio::time::sleep(JUDGED_OVER) => {}
             }
         }
@@ -362,22 +439,21 @@ impl Transfer<'_> {
     /// Fetches bytes `range` into `sink`, resuming after failures.
     /// Returns early, without error, when the consumer hung up (it reports why) or the blob
     /// ran past its size (the digest stage reports that).
-    async fn range(&self, range: Range<u64>, sink: &Sink<'_>) -> Result<(), LayerError> {
+    async fn range(&self, bounds: &Bounds, sink: &Sink<'_>) -> Result<(), LayerError> {
         let size = self.desc.size;
-        // A range short of the blob's end is bounded by its Range header; one to the end is
-        // open-ended, so a blob longer than its descriptor still shows as longer downstream.
-        let bounded = range.end < size;
-        let mut pos = range.start;
+        let mut pos = bounds.start;
         let mut failures: u32 = 0;
         loop {
-            let failure = match self
-                .store
-                .blob_chunks(self.desc, pos..range.end, CHUNK)
-                .await
-            {
+            // A range short of the blob's end is bounded by its Range header; one to the end is
+            // open-ended, so a blob longer than its descriptor still shows as longer downstream.
+            let asked = bounds.end();
+            let failure = match self.store.blob_chunks(self.desc, pos..asked, CHUNK).await {
                 Err(e) if !self.remote || !retryable(&e) => return Err(LayerError::Fetch(e)),
                 Err(e) => error_chain(&e),
-                Ok(mut pieces) => {
+                Ok((mut pieces, served)) => {
+                    if served == Served::Whole {
+                        bounds.ranges_ignored.store(true, Ordering::Relaxed);
+                    }
                     // Pieces as the HTTP client received them go on as they are; small ones are
                     // gathered first, so the stages downstream hand off few, large chunks.
                     let mut pending = BytesMut::new();
@@ -396,27 +472,39 @@ impl Transfer<'_> {
                             Some(Err(e)) if !self.remote => return Err(LayerError::Source(e)),
                             Some(Err(e)) => break error_chain(&e),
                             // A short local blob is the digest stage's to report.
-                            None if pos >= range.end || !self.remote => {
+                            None if pos >= bounds.end() || !self.remote => {
                                 sink.flush(&mut pending).await;
                                 return Ok(());
                             }
                             None => {
                                 break format!(
                                     "the connection closed at byte {pos} of {} (blob size {size})",
-                                    range.end
+                                    bounds.end()
                                 )
                             }
                         };
+                        // The range was cut short after this request went out: what lies past
+                        // the cut comes in segments of its own.
+                        let cut = bounds.end();
+                        let piece = match pos + piece.len() as u64 > cut && cut < asked {
+                            true => piece.slice(..(cut.saturating_sub(pos)) as usize),
+                            false => piece,
+                        };
                         if piece.is_empty() {
+                            if pos >= cut {
+                                sink.flush(&mut pending).await;
+                                return Ok(());
+                            }
                             continue;
                         }
                         failures = 0;
                         pos += piece.len() as u64;
+                        bounds.reached.store(pos, Ordering::Relaxed);
                         (self.progress)(piece.len() as u64);
-                        if bounded && pos > range.end {
+                        if asked < size && pos > asked {
                             return Err(LayerError::RangeOverrun {
-                                start: range.start,
-                                end: range.end,
+                                start: bounds.start,
+                                end: asked,
                             });
                         }
                         let sent = if pending.is_empty() && piece.len() >= PASS_THROUGH {
@@ -428,9 +516,9 @@ impl Transfer<'_> {
                             pending.extend_from_slice(&piece);
                             pending.len() < CHUNK || sink.flush(&mut pending).await
                         };
-                        // The consumer hung up (it reports why), or the blob ran past its size
-                        // (the digest stage reports that).
-                        if !sent || pos > size {
+                        // The consumer hung up (it reports why), the blob ran past its size
+                        // (the digest stage reports that), or the range was cut here.
+                        if !sent || pos > size || (pos >= cut && cut < asked) {
                             sink.flush(&mut pending).await;
                             return Ok(());
                         }
@@ -444,7 +532,7 @@ impl Transfer<'_> {
                 return Ok(());
             }
             // Everything arrived before the connection failed: the stages downstream judge it.
-            if pos >= range.end {
+            if pos >= bounds.end() {
                 return Ok(());
             }
             if self.cancelled.load(Ordering::Relaxed) {

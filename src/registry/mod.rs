@@ -186,6 +186,15 @@ pub struct Registry {
 }
 
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// How a registry answered a blob request with a Range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Served {
+    /// 206: the range asked for; this registry serves byte ranges.
+    Range,
+    /// 200: the whole blob, the Range ignored.
+    Whole,
+}
 /// A blob as a stream of byte pieces (`Bytes` are shared, never copied).
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -319,7 +328,7 @@ impl Registry {
     /// every byte itself, once, instead of twice.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader, RegistryError> {
         Ok(Box::pin(StreamReader::new(
-            self.blob_chunks(desc, offset..desc.size).await?,
+            self.blob_chunks(desc, offset..desc.size).await?.0,
         )))
     }
 
@@ -330,11 +339,11 @@ impl Registry {
         &self,
         desc: &Descriptor,
         range: Range<u64>,
-    ) -> Result<BlobStream, RegistryError> {
+    ) -> Result<(BlobStream, Served), RegistryError> {
         // `Range: bytes=0-` on an empty blob is unsatisfiable (416); there is nothing to fetch,
         // and the caller's verifier still checks that the digest is the empty one.
         if range.is_empty() {
-            return Ok(Box::pin(futures_util::stream::empty()));
+            return Ok((Box::pin(futures_util::stream::empty()), Served::Range));
         }
         let err = |status: Option<u16>, reason: String| RegistryError::Pull {
             reference: self.name(),
@@ -390,7 +399,14 @@ impl Registry {
                 actual,
             });
         }
-        Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
+        let served = match status.as_u16() {
+            206 => Served::Range,
+            _ => Served::Whole,
+        };
+        Ok((
+            Box::pin(resp.bytes_stream().map_err(std::io::Error::other)),
+            served,
+        ))
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool, RegistryError> {

@@ -40,10 +40,10 @@ enum Cut {
 #[derive(Clone, Copy)]
 struct Link {
     cut: Cut,
-    /// Stop a connection that carries a bounded Range request (`bytes=A-B`, a segment of a
-    /// blob fetched in parallel) after [`GATE_AFTER`] bytes until this many such requests have
-    /// arrived: a pull that asked for one segment at a time would wait forever, so it proves
-    /// that they are in flight at once.
+    /// Stop a connection that carries a segment request (a Range that does not start at 0)
+    /// after [`GATE_AFTER`] bytes until this many such requests have arrived: a pull that asked
+    /// for one segment at a time would wait forever, so it proves that they are in flight at
+    /// once.
     gate: u32,
     /// Bytes per second per connection: a slow link, which the pull waits for.
     rate: Option<u64>,
@@ -70,7 +70,7 @@ const GATE_AFTER: u64 = 2 << 20;
 /// How long a response waits at the gate before the proxy gives up on it.
 const GATE_WAIT: Duration = Duration::from_secs(60);
 
-/// Bounded Range requests seen, and whether the gate ever gave up waiting.
+/// Segment requests seen, and whether the gate ever gave up waiting.
 #[derive(Default)]
 struct Gate {
     seen: Mutex<(u32, bool)>,
@@ -83,7 +83,7 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    /// Waits until `n` bounded requests arrived; records a timeout.
+    /// Waits until `n` segment requests arrived; records a timeout.
     fn wait_for(&self, n: u32) {
         let seen = self.seen.lock().unwrap();
         let (mut seen, timeout) = self
@@ -193,12 +193,12 @@ fn parse_range(header: &str) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, end))
 }
 
-/// True for a request head that asks for a bounded range (`Range: bytes=A-B`).
-fn asks_bounded_range(head: &str) -> bool {
+/// True for a request head that asks for a segment: a range that does not start at 0.
+fn asks_segment(head: &str) -> bool {
     head.lines().any(|line| {
         line.split_once(':').is_some_and(|(name, value)| {
             name.eq_ignore_ascii_case("range")
-                && parse_range(value.trim()).is_some_and(|(_, end)| end.is_some())
+                && parse_range(value.trim()).is_some_and(|(start, _)| start > 0)
         })
     })
 }
@@ -223,7 +223,7 @@ impl Conn {
         };
         let (mut c, mut u) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
         let (ranges, gate, link) = (self.ranges.clone(), self.gate.clone(), self.link);
-        // Bounded Range requests on this connection, for the gate on the response side.
+        // Segment requests on this connection, for the gate on the response side.
         let (held_tx, held_rx) = channel::<()>();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
@@ -240,7 +240,7 @@ impl Conn {
                         }
                     }
                 }
-                if link.gate > 0 && asks_bounded_range(&head) {
+                if link.gate > 0 && asks_segment(&head) {
                     gate.arrived();
                     let _ = held_tx.send(());
                 }
@@ -416,8 +416,9 @@ impl Setup {
 }
 
 /// Bytes the pull may legitimately need besides the big blob: headers, manifest, config,
-/// the small layer, one response head per request.
-const SLACK: u64 = 256 * 1024;
+/// the small layer, one response head per request, and what was in flight past the point
+/// where a first request was cut (a paced piece or two). Far less than a segment (4 MiB).
+const SLACK: u64 = 512 * 1024;
 
 /// The proxy served the big blob once: starting it, or a segment, over after a cut would cost
 /// at least a segment more.
@@ -460,7 +461,12 @@ fn pull_cut_once(
     to_registry: impl FnOnce(&mut TestRegistry),
 ) -> (Setup, CuttingProxy, RunOutput) {
     let mut s = setup();
-    let mut proxy = CuttingProxy::start(s.reg.port(), Link::cut(Cut::OnceAfterHandshake));
+    // With ranges, a link slow enough that the pull goes to segments before the cut.
+    let link = Link {
+        rate: (ranges > 1).then_some(SLOW),
+        ..Link::cut(Cut::OnceAfterHandshake)
+    };
+    let mut proxy = CuttingProxy::start(s.reg.port(), link);
     let cmd = pull_through(&proxy, &s.kek, &s.dest, Some(ranges));
     let pull = std::thread::spawn(move || cmd.run());
 
@@ -534,15 +540,33 @@ fn blob_ranges(proxy: &CuttingProxy) -> Vec<(u64, Option<u64>)> {
     ranges
 }
 
+/// Bytes per second per connection of a slow link: the consumer starves on it.
+const SLOW: u64 = 16 << 20;
+
 /// A slow link the pull waits for, where no connection gets past 2 MiB of its first segment
-/// before a third segment is asked for: the pull asks for the next one anyway, a third only
-/// when it waits for the network, so one or two at a time would never finish.
+/// before three segments are asked for: once the first request is cut, the pull asks for the
+/// next segment anyway, more only while it waits for the network, so one or two at a time
+/// would never finish.
 fn slow_gated_link() -> Link {
     Link {
         gate: 3,
-        rate: Some(16 << 20),
+        rate: Some(SLOW),
         ..Link::cut(Cut::Never)
     }
+}
+
+/// The segment requests after the first, open-ended one: they tile the blob from the point
+/// where it was cut, a segment boundary at least one segment in.
+#[track_caller]
+fn assert_cut_and_tiled(proxy: &CuttingProxy) {
+    let ranges = blob_ranges(proxy);
+    let cut = ranges.first().map_or(0, |r| r.0);
+    assert!(
+        cut >= SEGMENT && cut % SEGMENT == 0,
+        "cut at a boundary: {ranges:?}"
+    );
+    let tiles: Vec<_> = segments().into_iter().filter(|r| r.0 >= cut).collect();
+    assert_eq!(ranges, tiles, "{:?}", proxy.ranges);
 }
 
 #[test]
@@ -557,7 +581,7 @@ fn a_large_blob_comes_in_parallel_range_requests_each_byte_once() {
         "segments were asked for one or two at a time: {out}"
     );
     s.assert_delivered(&out);
-    assert_eq!(blob_ranges(&proxy), segments(), "{:?}", proxy.ranges);
+    assert_cut_and_tiled(&proxy);
     assert_each_byte_once(&proxy);
 }
 
@@ -567,26 +591,37 @@ fn a_cut_segment_resumes_within_its_own_range() {
         return;
     }
     let s = setup();
-    let (proxy, out) = s.pull(Link::cut(Cut::Times(2)), Some(4));
+    let link = Link {
+        rate: Some(SLOW),
+        ..Link::cut(Cut::Times(2))
+    };
+    let (proxy, out) = s.pull(link, Some(4));
     s.assert_delivered(&out);
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 2, "{out}");
     assert_each_byte_once(&proxy);
-    // Each resume starts inside a segment and asks for the rest of that segment only.
+    // Each resume asks for the rest of what it resumes only: the first request up to where it
+    // was cut, or its segment.
     let segments = segments();
-    let resumed: Vec<_> = blob_ranges(&proxy)
-        .into_iter()
-        .filter(|r| !segments.contains(r))
-        .collect();
+    let ranges = blob_ranges(&proxy);
+    let cut = ranges
+        .iter()
+        .map(|r| r.0)
+        .find(|start| start % SEGMENT == 0)
+        .expect("the first request was cut into segments");
+    let resumed: Vec<_> = ranges.into_iter().filter(|r| r.0 % SEGMENT != 0).collect();
     assert_eq!(resumed.len(), 2, "one resume per cut: {resumed:?}");
     for (start, end) in resumed {
-        let segment = segments
-            .iter()
-            .find(|(s, e)| *s < start && e.is_none_or(|e| start <= e))
-            .unwrap_or_else(|| panic!("resume at {start} is in no segment"));
-        assert_eq!(
-            end, segment.1,
-            "the resume at {start} asks for its segment's rest"
-        );
+        let expected = match start < cut {
+            true => Some(cut - 1),
+            false => {
+                segments
+                    .iter()
+                    .find(|(s, e)| *s < start && e.is_none_or(|e| start <= e))
+                    .unwrap_or_else(|| panic!("resume at {start} is in no segment"))
+                    .1
+            }
+        };
+        assert_eq!(end, expected, "the resume at {start} asks for its rest");
     }
 }
 
@@ -596,32 +631,46 @@ fn a_registry_that_ignores_range_serves_the_blob_in_one_request() {
         return;
     }
     let s = setup();
+    // Slow enough that the pull would go to segments, were the first answer a 206.
     let link = Link {
         strip_range: true,
+        rate: Some(SLOW),
         ..Link::cut(Cut::Never)
     };
     let (proxy, out) = s.pull(link, Some(4));
     s.assert_delivered(&out);
-    // It asked for the first segment, got the whole blob, and went on with one request from
-    // the start (the small layer asks for `bytes=0-` too).
-    let all = proxy.parsed_ranges();
-    let count = |r: (u64, Option<u64>)| all.iter().filter(|x| **x == r).count();
-    assert_eq!(count((0, Some(SEGMENT - 1))), 1, "{all:?}");
-    assert_eq!(count((0, None)), 2, "{all:?}");
+    // The first request got the whole blob (200), so it was never cut into segments.
+    assert_eq!(blob_ranges(&proxy), vec![], "{:?}", proxy.ranges);
+    assert_each_byte_once(&proxy);
 }
 
 #[test]
-fn by_default_a_blob_comes_in_one_request_even_over_a_slow_link() {
+fn by_default_a_slow_link_gets_segments() {
     if !require_peer("docker-registry") {
         return;
     }
     let s = setup();
-    // Slow enough that a pull with --parallel-ranges would open more connections.
     let link = Link {
-        rate: Some(16 << 20),
+        rate: Some(SLOW),
         ..Link::cut(Cut::Never)
     };
     let (proxy, out) = s.pull(link, None);
+    s.assert_delivered(&out);
+    assert_cut_and_tiled(&proxy);
+    assert_each_byte_once(&proxy);
+}
+
+#[test]
+fn with_one_range_a_blob_comes_in_one_request_even_over_a_slow_link() {
+    if !require_peer("docker-registry") {
+        return;
+    }
+    let s = setup();
+    let link = Link {
+        rate: Some(SLOW),
+        ..Link::cut(Cut::Never)
+    };
+    let (proxy, out) = s.pull(link, Some(1));
     s.assert_delivered(&out);
     assert_eq!(
         blob_ranges(&proxy),
@@ -644,7 +693,8 @@ fn a_byte_changed_in_a_later_segment_fails_a_parallel_pull_and_leaves_nothing() 
         .unwrap();
     let mut bytes = std::fs::read(&stored).unwrap();
     assert_eq!(bytes.len(), WEIGHTS_LEN);
-    bytes[(2 * SEGMENT + 12345) as usize] ^= 0x01;
+    // In the last segment: the first request is cut well before it.
+    bytes[(5 * SEGMENT + 12345) as usize] ^= 0x01;
     std::fs::write(&stored, bytes).unwrap();
 
     let (proxy, out) = s.pull(slow_gated_link(), Some(4));
