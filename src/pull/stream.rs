@@ -4,8 +4,8 @@
 //! fetch (async) ──chunks──▶ consumer thread: [decrypt] ─▶ unpack ─▶ staging
 //!   │ resumes with Range         │ fans each chunk out, without copying, to
 //!   │ after a dropped connection ├─▶ digest thread (SHA-256 of the blob)
-//!   │ with --parallel-ranges,    └─▶ HMAC thread (ocicrypt, encrypted layers)
-//!   │ large blobs in 4 MiB segments over several connections, delivered in order
+//!   │ a large blob the network   └─▶ HMAC thread (ocicrypt, encrypted layers)
+//!   │ holds back: cut into 4 MiB segments over several connections, delivered in order
 //! ```
 //!
 //! One core hashes about as fast as a loopback registry sends, so the two hashes of an
@@ -64,7 +64,7 @@ pub const SEGMENT: u64 = 4 << 20;
 /// Bytes a pull may hold in segments fetched ahead of the one being delivered, across all its
 /// layers: the memory that buys the extra connections.
 pub const AHEAD_BUDGET: u64 = 16 << 20;
-/// Blobs from this size on come in segments.
+/// Blobs from this size on may be cut into segments.
 pub const SEGMENTED_FROM: u64 = 16 << 20;
 
 /// How the layers of one pull may use parallel range requests.
@@ -162,8 +162,8 @@ pub struct FetchStats {
 }
 
 /// Streams `desc`'s blob into `tx` in order, in [`CHUNK`]s. With `ranges.streams` above 1, a
-/// large blob from a registry comes in [`SEGMENT`]s over up to that many connections (see
-/// [`Transfer::segmented`]). When
+/// large blob from a registry that the network holds back goes on in [`SEGMENT`]s over up to
+/// that many connections (see [`Transfer::segmented`]). When
 /// a connection drops or a body ends early, asks again from the last byte received (the hashes
 /// downstream carry on), backing off, and gives up after [`MAX_FAILURES`] attempts in a row
 /// without progress. Returns early and without error if the consumer hung up: it reports why.
