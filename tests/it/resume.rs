@@ -550,6 +550,13 @@ const SLOW: u64 = 16 << 20;
 fn slow_gated_link() -> Link {
     Link {
         gate: 3,
+        ..slow_link()
+    }
+}
+
+/// A link of [`SLOW`] bytes per second per connection, nothing cut.
+fn slow_link() -> Link {
+    Link {
         rate: Some(SLOW),
         ..Link::cut(Cut::Never)
     }
@@ -634,8 +641,7 @@ fn a_registry_that_ignores_range_serves_the_blob_in_one_request() {
     // Slow enough that the pull would go to segments, were the first answer a 206.
     let link = Link {
         strip_range: true,
-        rate: Some(SLOW),
-        ..Link::cut(Cut::Never)
+        ..slow_link()
     };
     let (proxy, out) = s.pull(link, Some(4));
     s.assert_delivered(&out);
@@ -650,11 +656,7 @@ fn by_default_a_slow_link_gets_segments() {
         return;
     }
     let s = setup();
-    let link = Link {
-        rate: Some(SLOW),
-        ..Link::cut(Cut::Never)
-    };
-    let (proxy, out) = s.pull(link, None);
+    let (proxy, out) = s.pull(slow_link(), None);
     s.assert_delivered(&out);
     assert_cut_and_tiled(&proxy);
     assert_each_byte_once(&proxy);
@@ -666,11 +668,7 @@ fn with_one_range_a_blob_comes_in_one_request_even_over_a_slow_link() {
         return;
     }
     let s = setup();
-    let link = Link {
-        rate: Some(SLOW),
-        ..Link::cut(Cut::Never)
-    };
-    let (proxy, out) = s.pull(link, Some(1));
+    let (proxy, out) = s.pull(slow_link(), Some(1));
     s.assert_delivered(&out);
     assert_eq!(
         blob_ranges(&proxy),
