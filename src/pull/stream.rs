@@ -61,6 +61,11 @@ pub const MAX_RESUMES: u32 = 50;
 /// (measured through a link of 80 MB/s per connection and 20 ms round trips: 8 MiB segments
 /// in a 24 MiB budget reached 172 MB/s), at one round trip per 4 MiB.
 pub const SEGMENT: u64 = 4 << 20;
+/// Pieces a segment's channel holds: a whole segment (pieces are at least [`PASS_THROUGH`]
+/// or gathered to [`CHUNK`]), so a segment fetched ahead never waits for its turn to read.
+const SEGMENT_QUEUE: usize = (SEGMENT as usize).div_ceil(PASS_THROUGH) + 4;
+/// Pieces the first request's channel holds: it streams to the consumer, at its pace.
+const FIRST_QUEUE: usize = 4;
 /// Bytes a pull may hold in segments fetched ahead of the one being delivered, across all its
 /// layers: the memory that buys the extra connections.
 pub const AHEAD_BUDGET: u64 = 16 << 20;
@@ -227,7 +232,7 @@ struct Transfer<'a> {
 /// Where a range's bytes go: straight to the consumer, or held until the segment's turn.
 enum Sink<'a> {
     Consumer(&'a mpsc::Sender<Bytes>),
-    Segment(mpsc::UnboundedSender<Bytes>),
+    Segment(mpsc::Sender<Bytes>),
 }
 
 impl Sink<'_> {
@@ -235,7 +240,7 @@ impl Sink<'_> {
     async fn put(&self, chunk: Bytes) -> bool {
         match self {
             Sink::Consumer(tx) => tx.send(chunk).await.is_ok(),
-            Sink::Segment(tx) => tx.send(chunk).is_ok(),
+            Sink::Segment(tx) => tx.send(chunk).await.is_ok(),
         }
     }
 
@@ -274,7 +279,7 @@ impl Bounds {
 struct Segment {
     len: u64,
     delivered: u64,
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     /// A segment behind the first holds a share of [`AHEAD_BUDGET`]; it gives it back when its
     /// turn comes, since from then on the consumer takes its bytes as they arrive.
     ahead: Option<OwnedSemaphorePermit>,
@@ -314,7 +319,8 @@ impl Transfer<'_> {
         let mut line: VecDeque<Segment> = VecDeque::new();
         let mut running: FuturesUnordered<BoxFuture<'_, Result<(), LayerError>>> =
             FuturesUnordered::new();
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Short: the first request may be the whole blob, and must wait for the consumer.
+        let (tx, rx) = mpsc::channel(FIRST_QUEUE);
         line.push_back(Segment {
             len: size,
             delivered: 0,
@@ -370,7 +376,7 @@ impl Transfer<'_> {
                 };
                 let range = start..(start + SEGMENT).min(size);
                 next = Some(range.end);
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(SEGMENT_QUEUE);
                 if ahead.is_some() {
                     self.ahead.fetch_add(1, Ordering::Relaxed);
                 }
