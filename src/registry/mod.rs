@@ -195,6 +195,7 @@ pub enum Served {
     /// 200: the whole blob, the Range ignored.
     Whole,
 }
+
 /// A blob as a stream of byte pieces (`Bytes` are shared, never copied).
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
