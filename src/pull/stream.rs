@@ -209,8 +209,7 @@ pub async fn fetch(
             }
         }
     }
-    t.range(&Bounds::new(start..desc.size), &Sink::Consumer(&tx))
-        .await?;
+    t.range(&Bounds::new(start..desc.size), &tx).await?;
     Ok(t.stats())
 }
 
@@ -229,25 +228,10 @@ struct Transfer<'a> {
     ahead: AtomicU32,
 }
 
-/// Where a range's bytes go: straight to the consumer, or held until the segment's turn.
-enum Sink<'a> {
-    Consumer(&'a mpsc::Sender<Bytes>),
-    Segment(mpsc::Sender<Bytes>),
-}
-
-impl Sink<'_> {
-    /// False if the receiving end hung up.
-    async fn put(&self, chunk: Bytes) -> bool {
-        match self {
-            Sink::Consumer(tx) => tx.send(chunk).await.is_ok(),
-            Sink::Segment(tx) => tx.send(chunk).await.is_ok(),
-        }
-    }
-
-    /// Hands on the gathered bytes, if any.
-    async fn flush(&self, pending: &mut BytesMut) -> bool {
-        pending.is_empty() || self.put(std::mem::take(pending).freeze()).await
-    }
+/// Hands the gathered bytes to `sink` (the consumer, or a segment's channel), if any; false if
+/// the receiving end hung up.
+async fn flush(sink: &mpsc::Sender<Bytes>, pending: &mut BytesMut) -> bool {
+    pending.is_empty() || sink.send(std::mem::take(pending).freeze()).await.is_ok()
 }
 
 /// The bytes one range covers: its end may be moved closer while it runs (the first request of
@@ -327,9 +311,9 @@ impl Transfer<'_> {
             rx,
             ahead: None,
         });
-        running.push(Box::pin(async {
-            self.range(&first, &Sink::Segment(tx)).await
-        }));
+        // The future owns the sender: the channel closes when the request ends.
+        let first_bounds = &first;
+        running.push(Box::pin(async move { self.range(first_bounds, &tx).await }));
         // The first byte of the next segment, once the first request was cut.
         let mut next: Option<u64> = None;
         let mut delivered: u64 = 0;
@@ -388,7 +372,7 @@ impl Transfer<'_> {
                 });
                 self.segments.fetch_add(1, Ordering::Relaxed);
                 running.push(Box::pin(async move {
-                    self.range(&Bounds::new(range), &Sink::Segment(tx)).await
+                    self.range(&Bounds::new(range), &tx).await
                 }));
                 if line.len() > 2 {
                     since = (Instant::now(), self.starved.total());
@@ -442,10 +426,10 @@ impl Transfer<'_> {
         }
     }
 
-    /// Fetches bytes `range` into `sink`, resuming after failures.
+    /// Fetches the bytes of `bounds` into `sink`, resuming after failures.
     /// Returns early, without error, when the consumer hung up (it reports why) or the blob
     /// ran past its size (the digest stage reports that).
-    async fn range(&self, bounds: &Bounds, sink: &Sink<'_>) -> Result<(), LayerError> {
+    async fn range(&self, bounds: &Bounds, sink: &mpsc::Sender<Bytes>) -> Result<(), LayerError> {
         let size = self.desc.size;
         let mut pos = bounds.start;
         let mut failures: u32 = 0;
@@ -479,7 +463,7 @@ impl Transfer<'_> {
                             Some(Err(e)) => break error_chain(&e),
                             // A short local blob is the digest stage's to report.
                             None if pos >= bounds.end() || !self.remote => {
-                                sink.flush(&mut pending).await;
+                                flush(sink, &mut pending).await;
                                 return Ok(());
                             }
                             None => {
@@ -498,7 +482,7 @@ impl Transfer<'_> {
                         };
                         if piece.is_empty() {
                             if pos >= cut {
-                                sink.flush(&mut pending).await;
+                                flush(sink, &mut pending).await;
                                 return Ok(());
                             }
                             continue;
@@ -514,23 +498,23 @@ impl Transfer<'_> {
                             });
                         }
                         let sent = if pending.is_empty() && piece.len() >= PASS_THROUGH {
-                            sink.put(piece).await
+                            sink.send(piece).await.is_ok()
                         } else {
                             if pending.is_empty() {
                                 pending.reserve(CHUNK);
                             }
                             pending.extend_from_slice(&piece);
-                            pending.len() < CHUNK || sink.flush(&mut pending).await
+                            pending.len() < CHUNK || flush(sink, &mut pending).await
                         };
                         // The consumer hung up (it reports why), the blob ran past its size
                         // (the digest stage reports that), or the range was cut here.
                         if !sent || pos > size || (pos >= cut && cut < asked) {
-                            sink.flush(&mut pending).await;
+                            flush(sink, &mut pending).await;
                             return Ok(());
                         }
                     };
                     // What arrived before the failure is kept; the next request starts after it.
-                    sink.flush(&mut pending).await;
+                    flush(sink, &mut pending).await;
                     failure
                 }
             };
